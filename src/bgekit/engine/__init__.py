@@ -1,0 +1,7 @@
+"""The one batching engine (tokenize, sort by length, token budget, OOM back-off, input order) and the
+multi-device worker pool; every embedder and reranker runs through them."""
+
+from bgekit.engine.batching import BatchEngine, is_out_of_memory, pad_sequences, tokenize_texts
+from bgekit.engine.pool import DevicePool
+
+__all__ = ["BatchEngine", "DevicePool", "is_out_of_memory", "pad_sequences", "tokenize_texts"]

@@ -1,0 +1,222 @@
+"""The batching engine: run a model over many inputs in length-sorted batches filled by a token budget.
+
+A model class only says how to turn one batch (a list of input indices) into outputs; the engine decides
+which inputs go together, shrinks batches on out-of-memory errors (and only those), grows them back, shows
+progress, and returns every output in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_THRESHOLD = 1024
+"""With ``show_progress=None`` a bar is shown for inputs at least this long."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for allocator failures (CUDA, MPS or CPU), False for every other error."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, RuntimeError | MemoryError):
+        text = str(exc).lower()
+        return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+    return False
+
+
+class BatchEngine:
+    """Length-sorted, token-budgeted batching with out-of-memory back-off.
+
+    Args:
+        batch_size: most inputs in one batch.
+        max_tokens_per_batch: most padded tokens (longest input x count) in one batch; ``None`` for no cap.
+        min_batch_size: the floor of the back-off; an OOM at this size is raised.
+        show_progress: ``True``/``False``, or ``None`` for a bar on long inputs only.
+        desc: the progress bar's label.
+        grow_after: successful batches after a back-off before the budget doubles again.
+
+    Example:
+        >>> engine = BatchEngine(batch_size=2)
+        >>> engine.run([3, 1, 2], lambda idx: [i * 10 for i in idx])
+        [0, 10, 20]
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 256,
+        max_tokens_per_batch: int | None = None,
+        min_batch_size: int = 1,
+        show_progress: bool | None = None,
+        desc: str = "Batches",
+        grow_after: int = 8,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is not valid; expected >= 1")
+        if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch={max_tokens_per_batch} is not valid; expected >= 1")
+        self.batch_size = batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.min_batch_size = max(1, min_batch_size)
+        self.show_progress = show_progress
+        self.desc = desc
+        self.grow_after = grow_after
+        self.backoffs = 0
+        """How many times the last ``run`` shrank a batch after an out-of-memory error."""
+
+    def plan_next(self, order: Sequence[int], lengths: Sequence[int], start: int, scale: float) -> int:
+        """End (exclusive) of the batch starting at ``order[start]`` under the budget times ``scale``."""
+        max_count = max(self.min_batch_size, int(self.batch_size * scale))
+        longest = max(1, lengths[order[start]])  # sorted longest first: the first item sets the padding
+        if self.max_tokens_per_batch is not None:
+            max_count = min(max_count, max(self.min_batch_size, int(self.max_tokens_per_batch * scale) // longest))
+        return min(len(order), start + max(1, max_count))
+
+    def run(self, lengths: Sequence[int], step: Callable[[list[int]], Any]) -> Any:
+        """Run ``step`` over all inputs; return its outputs assembled in input order.
+
+        Args:
+            lengths: the token length of each input (only used for ordering and budgets).
+            step: called with a list of input indices; returns per-item outputs as a tensor or array
+                whose first dimension matches, a list of the same length, or a dict of those.
+
+        Returns:
+            The outputs of every input, in input order, in the same structure ``step`` returns.
+        """
+        n = len(lengths)
+        if n == 0:
+            return []
+        order = sorted(range(n), key=lambda i: -lengths[i])
+        show = self.show_progress if self.show_progress is not None else n >= PROGRESS_THRESHOLD
+        chunks: list[tuple[list[int], Any]] = []
+        scale, good_since_backoff, start = 1.0, 0, 0
+        self.backoffs = 0
+        with tqdm(total=n, desc=self.desc, disable=not show, unit="item") as bar:
+            while start < n:
+                end = self.plan_next(order, lengths, start, scale)
+                indices = order[start:end]
+                try:
+                    output = step(indices)
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or len(indices) <= self.min_batch_size:
+                        raise
+                    self.backoffs += 1
+                    # halve until the planned batch is strictly smaller than the one that failed
+                    scale /= 2
+                    while scale > 1e-6 and self.plan_next(order, lengths, start, scale) - start >= len(indices):
+                        scale /= 2
+                    good_since_backoff = 0
+                    logger.warning("out of memory on a batch of %d; retrying with smaller batches", len(indices))
+                    _free_cached_memory()
+                    continue
+                chunks.append((indices, output))
+                bar.update(len(indices))
+                start = end
+                if scale < 1.0:
+                    good_since_backoff += 1
+                    if good_since_backoff >= self.grow_after:
+                        scale, good_since_backoff = min(1.0, scale * 2), 0
+        return assemble(chunks, n)
+
+
+def _free_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def assemble(chunks: list[tuple[list[int], Any]], n: int) -> Any:
+    """Put per-batch outputs back into input order (tensors, arrays, lists, or dicts of those)."""
+    first = chunks[0][1]
+    if isinstance(first, dict):
+        return {key: assemble([(idx, out[key]) for idx, out in chunks], n) for key in first}
+    positions = np.concatenate([np.asarray(idx, dtype=np.int64) for idx, _ in chunks])
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[positions] = np.arange(n)
+    if isinstance(first, torch.Tensor):
+        stacked = torch.cat([out for _, out in chunks], dim=0)
+        return stacked[torch.from_numpy(inverse)]
+    if isinstance(first, np.ndarray):
+        return np.concatenate([out for _, out in chunks], axis=0)[inverse]
+    flat: list[Any] = [None] * n
+    for idx, out in chunks:
+        if len(out) != len(idx):
+            raise RuntimeError(f"a batch step returned {len(out)} outputs for {len(idx)} inputs")
+        for i, value in zip(idx, out, strict=True):
+            flat[i] = value
+    return flat
+
+
+def tokenize_texts(
+    tokenizer: Any,
+    texts: Sequence[str] | Sequence[tuple[str, str]],
+    max_length: int,
+    *,
+    chunk_size: int = 8192,
+    **kwargs: Any,
+) -> list[dict[str, list[int]]]:
+    """Tokenize once, without padding, truncating to ``max_length``; one feature dict per input.
+
+    Inputs are tokenized in chunks through the fast tokenizer's batch call, so memory stays bounded.
+    Extra ``kwargs`` go to the tokenizer (e.g. ``add_special_tokens=False``).
+    """
+    features: list[dict[str, list[int]]] = []
+    for begin in range(0, len(texts), chunk_size):
+        part = list(texts[begin : begin + chunk_size])
+        encoded = tokenizer(
+            part,
+            truncation=kwargs.pop("truncation", True),
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            **kwargs,
+        )
+        keys = [k for k in encoded.keys() if k in ("input_ids", "token_type_ids")]
+        for i in range(len(part)):
+            features.append({k: encoded[k][i] for k in keys})
+    return features
+
+
+def pad_sequences(
+    features: Sequence[dict[str, list[int]]],
+    pad_token_id: int,
+    *,
+    padding_side: str = "right",
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad feature dicts into tensors with an attention mask; ``input_ids`` padded with ``pad_token_id``.
+
+    Example:
+        >>> pad_sequences([{"input_ids": [5, 6]}, {"input_ids": [7]}], 0)["attention_mask"].tolist()
+        [[1, 1], [1, 0]]
+    """
+    lengths = [len(f["input_ids"]) for f in features]
+    width = max(lengths) if lengths else 0
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    batch: dict[str, torch.Tensor] = {}
+    keys = features[0].keys() if features else ["input_ids"]
+    for key in keys:
+        fill = pad_token_id if key == "input_ids" else 0
+        array = np.full((len(features), width), fill, dtype=np.int64)
+        for row, feature in enumerate(features):
+            values = feature[key]
+            if padding_side == "left":
+                array[row, width - len(values) :] = values
+            else:
+                array[row, : len(values)] = values
+        batch[key] = torch.from_numpy(array)
+    mask = np.zeros((len(features), width), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        if padding_side == "left":
+            mask[row, width - length :] = 1
+        else:
+            mask[row, :length] = 1
+    batch["attention_mask"] = torch.from_numpy(mask)
+    return batch

@@ -1,0 +1,1 @@
+"""Embedders and rerankers: models as a backbone plus heads, run through the one batching engine."""

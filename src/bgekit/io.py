@@ -1,0 +1,78 @@
+"""Reading JSONL with errors that name file and line, and writing outputs atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import numpy as np
+
+from bgekit.errors import DataFormatError
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, object)`` for each non-blank line; a malformed line names file and line.
+
+    Example:
+        >>> for line_no, row in iter_jsonl("corpus.jsonl"): ...   # doctest: +SKIP
+    """
+    if not os.path.isfile(path):
+        raise DataFormatError("file not found", path)
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"invalid JSON ({exc.msg} at column {exc.colno})", path, line_no) from exc
+
+
+def read_jsonl(path: str) -> list[Any]:
+    """All objects of a JSONL file (see ``iter_jsonl``)."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    Example:
+        >>> with atomic_open("out.jsonl") as f: f.write("{}\\n")   # doctest: +SKIP
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl_atomic(path: str, rows: Any) -> None:
+    """Write rows as JSONL atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def save_npy_atomic(path: str, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename."""
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def write_atomic(path: str, writer: Callable[[IO[Any]], None], mode: str = "w", **kwargs: Any) -> None:
+    """Call ``writer(handle)`` on a temporary file, then rename it over ``path``."""
+    with atomic_open(path, mode, **kwargs) as handle:
+        writer(handle)

@@ -1,0 +1,1 @@
+"""Model settings saved beside weights (bgekit.json), the table of published checkpoints, and loading."""

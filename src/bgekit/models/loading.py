@@ -1,0 +1,155 @@
+"""Finding a model folder (local path or hub name) and loading its tokenizer and weights safely."""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from bgekit.errors import ConfigError, ModelLoadError
+from bgekit.models.settings import normalize_dtype
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "adapter_model.*")
+EXPECTED_FILES = "config.json, weights (model.safetensors or pytorch_model.bin) and tokenizer files"
+
+
+def resolve_model_folder(
+    name_or_path: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | None = None
+) -> str:
+    """Return a local folder holding the model: the path itself, or a hub snapshot.
+
+    Hub names are fetched with ``huggingface_hub.snapshot_download`` (honouring ``HF_HUB_OFFLINE`` and the
+    local cache), exactly as transformers does for real users.
+
+    Raises:
+        ModelLoadError: naming the path and the files expected when it is not a model folder.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ModelLoadError(f"model name or path must be a non-empty string, got {name_or_path!r}")
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        check_model_folder(path)
+        return os.path.abspath(path)
+    looks_local = path.startswith((".", "/", "~")) or os.sep + os.sep in path or path.count("/") > 1
+    if looks_local or os.path.exists(path):
+        raise ModelLoadError(f"model folder {path!r} does not exist (expected a folder with {EXPECTED_FILES})")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            path,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=[
+                "*.json",
+                "*.safetensors",
+                "*.txt",
+                "*.model",
+                "*.py",
+                "*.pt",
+                "1_Pooling/*",
+                "*.bin",
+            ],
+        )
+    except Exception as exc:  # hub errors come in many types; name the model and the cause
+        raise ModelLoadError(
+            f"could not find model {name_or_path!r}: not a local folder, and downloading it from the "
+            f"Hugging Face hub failed ({type(exc).__name__}: {exc})"
+        ) from exc
+    check_model_folder(folder)
+    return folder
+
+
+def check_model_folder(folder: str) -> None:
+    """Raise ModelLoadError unless ``folder`` has a config and weights (or a PEFT adapter)."""
+    has_config = os.path.isfile(os.path.join(folder, "config.json")) or os.path.isfile(
+        os.path.join(folder, "adapter_config.json")
+    )
+    has_weights = any(glob.glob(os.path.join(folder, pattern)) for pattern in WEIGHT_PATTERNS)
+    if not has_config or not has_weights:
+        present = sorted(os.listdir(folder))[:12]
+        raise ModelLoadError(
+            f"{folder!r} is not a model folder: expected {EXPECTED_FILES}; found {present or 'nothing'}"
+        )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when present, else CPU; strings are validated."""
+    if device is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={device!r} is not a valid torch device") from exc
+
+
+def resolve_torch_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """Map ``fp32``/``fp16``/``bf16`` to a torch dtype; fp16 on CPU falls back to fp32 with a warning."""
+    name = normalize_dtype(dtype or "fp32")
+    if name == "fp16" and device.type == "cpu":
+        warnings.warn("fp16 is slow or unsupported on CPU; using fp32 (bf16 is the fast CPU choice)", stacklevel=3)
+        name = "fp32"
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def load_tokenizer(folder: str, *, trust_remote_code: bool = False, padding_side: str | None = None) -> Any:
+    """Load the folder's tokenizer (fast when available)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load a tokenizer from {folder!r}: {exc}") from exc
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_pretrained(
+    auto_class: Any,
+    folder: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Load weights with ``auto_class`` (e.g. ``AutoModel``), preferring safetensors, in eval mode."""
+    use_safetensors = True if glob.glob(os.path.join(folder, "*.safetensors")) else None
+    import transformers
+
+    # transformers 4.56 renamed torch_dtype to dtype; pass whichever this version understands
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_kwarg = {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+    try:
+        model = auto_class.from_pretrained(
+            folder,
+            **dtype_kwarg,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=use_safetensors,
+            **kwargs,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load model weights from {folder!r}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def model_max_length(folder: str, config: Any, tokenizer: Any) -> int:
+    """The longest input the model takes, as sentence-transformers computes it.
+
+    ``min(max_position_embeddings, tokenizer.model_max_length)``, ignoring the "no limit" sentinel.
+    XLM-RoBERTa style position offsets (514 positions for 512 tokens) are covered by the tokenizer limit.
+    """
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    return min(limits) if limits else 512
