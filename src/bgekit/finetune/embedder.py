@@ -1,0 +1,210 @@
+"""Embedder fine-tuning entry point: ``python -m bgekit.finetune.embedder`` or ``torchrun -m ...``.
+
+Example::
+
+    torchrun --nproc_per_node 2 -m bgekit.finetune.embedder --model_name_or_path BAAI/bge-small-en-v1.5 \\
+        --train_data train.jsonl --output_dir out/ --train_group_size 8 --temperature 0.02 \\
+        --negatives_cross_device --knowledge_distillation --num_train_epochs 1 --learning_rate 1e-5
+
+The same as ``bgekit finetune embedder ...`` and, from Python, :func:`train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from bgekit.errors import ConfigError
+from bgekit.finetune.arguments import DataArguments, EmbedderTrainingArguments, ModelArguments
+from bgekit.finetune.data import (
+    GroupCollator,
+    GroupDataset,
+    SamplingOptions,
+    load_sources,
+    no_in_batch_neg_sources,
+)
+from bgekit.finetune.trainer import EmbedderTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_settings(model_args: ModelArguments, data_args: DataArguments) -> tuple[str, Any]:
+    """The model folder and the settings training uses (and saves): the model's own, plus overrides."""
+    from bgekit.models.loading import resolve_model_folder
+    from bgekit.models.settings import resolve_embedder_settings
+
+    folder = resolve_model_folder(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    explicit: dict[str, Any] = {
+        "pooling": model_args.sentence_pooling_method,
+        "normalize": model_args.normalize_embeddings,
+    }
+    if data_args.query_instruction_for_retrieval is not None:
+        explicit["query_instruction"] = data_args.query_instruction_for_retrieval
+        explicit["query_instruction_format"] = data_args.query_instruction_format
+    if data_args.passage_instruction_for_retrieval is not None:
+        explicit["passage_instruction"] = data_args.passage_instruction_for_retrieval
+        explicit["passage_instruction_format"] = data_args.passage_instruction_format
+    settings, _ = resolve_embedder_settings(model_args.model_name_or_path, folder, explicit)
+    if settings.kind not in ("encoder", "decoder"):
+        raise ConfigError(
+            f"{model_args.model_name_or_path}: kind={settings.kind!r} models are not trained by this entry point yet; "
+            "encoder and decoder embedders are"
+        )
+    return folder, settings
+
+
+def build_trainer(
+    model_args: ModelArguments, data_args: DataArguments, training_args: EmbedderTrainingArguments
+) -> EmbedderTrainer:
+    """Load model, tokenizer and data, and return a ready :class:`EmbedderTrainer`.
+
+    Example:
+        >>> trainer = build_trainer(ModelArguments("BAAI/bge-small-en-v1.5"), DataArguments(["t.jsonl"]),
+        ...                         EmbedderTrainingArguments("out"))   # doctest: +SKIP
+    """
+    import torch
+    from transformers import AutoModel
+
+    from bgekit.models.loading import load_pretrained, load_tokenizer
+
+    if not data_args.train_data:
+        raise ConfigError("--train_data is required: one or more JSONL files or folders")
+    folder, settings = resolve_settings(model_args, data_args)
+    tokenizer = load_tokenizer(
+        model_args.tokenizer_name or folder,
+        trust_remote_code=model_args.trust_remote_code,
+        padding_side=settings.padding_side,
+    )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model = load_pretrained(
+        AutoModel, folder, dtype=torch.float32, device="cpu", trust_remote_code=model_args.trust_remote_code
+    )
+    model.train()
+    if training_args.fix_position_embedding:
+        for name, param in model.named_parameters():
+            if "position_embeddings" in name:
+                param.requires_grad_(False)
+    if training_args.gradient_checkpointing:
+        model.config.use_cache = False
+
+    sources = load_sources(
+        data_args.train_data,
+        knowledge_distillation=data_args.knowledge_distillation,
+        train_group_size=data_args.train_group_size,
+        max_examples_per_dataset=data_args.max_example_num_per_dataset,
+        seed=training_args.data_seed or training_args.seed,
+    )
+    dataset = GroupDataset(
+        sources,
+        SamplingOptions(
+            train_group_size=data_args.train_group_size,
+            knowledge_distillation=data_args.knowledge_distillation,
+            shuffle_ratio=data_args.shuffle_ratio,
+            query_instruction=data_args.query_instruction_for_retrieval,
+            query_instruction_format=data_args.query_instruction_format,
+            passage_instruction=data_args.passage_instruction_for_retrieval,
+            passage_instruction_format=data_args.passage_instruction_format,
+            seed=training_args.data_seed or training_args.seed,
+        ),
+    )
+    if not data_args.same_dataset_within_batch and len({dataset.group_size_of(i) for i in range(len(sources))}) > 1:
+        raise ConfigError(
+            "the training datasets set different group sizes (a 'type' or 'train_group_size' field); "
+            "add --same_dataset_within_batch so each batch comes from one dataset"
+        )
+    collator = GroupCollator(
+        tokenizer,
+        query_max_len=data_args.query_max_len,
+        passage_max_len=data_args.passage_max_len,
+        pad_to_multiple_of=data_args.pad_to_multiple_of,
+        no_in_batch_neg_sources=no_in_batch_neg_sources(sources),
+    )
+    saved = settings.to_dict()
+    saved.pop("extra", None)
+    if saved.get("dtype") is None:
+        saved.pop("dtype", None)
+    callbacks = []
+    if data_args.eval_dataset:
+        from bgekit.finetune.evaluation import RetrievalEvalCallback
+
+        callbacks.append(
+            RetrievalEvalCallback(
+                data_args.eval_dataset,
+                split=data_args.eval_split,
+                tokenizer=tokenizer,
+                settings=settings,
+                max_corpus=data_args.eval_max_corpus,
+            )
+        )
+    return EmbedderTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        saved_settings=saved,
+        same_dataset_within_batch=data_args.same_dataset_within_batch,
+        pooling=settings.pooling,
+        normalize=settings.normalize,
+        callbacks=callbacks or None,
+    )
+
+
+def train(
+    model_args: ModelArguments, data_args: DataArguments, training_args: EmbedderTrainingArguments
+) -> EmbedderTrainer:
+    """Fine-tune and save to ``training_args.output_dir`` (loadable with ``bgekit.Embedder``).
+
+    Resumes from ``training_args.resume_from_checkpoint`` when given (a folder, or ``"true"`` for the
+    last checkpoint in ``output_dir``).
+
+    Example:
+        >>> train(ModelArguments("BAAI/bge-small-en-v1.5"), DataArguments(["t.jsonl"]),
+        ...       EmbedderTrainingArguments("out", num_train_epochs=1))   # doctest: +SKIP
+    """
+    trainer = build_trainer(model_args, data_args, training_args)
+    resume: Any = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is None:
+            logger.warning("no checkpoint in %s; starting from scratch", training_args.output_dir)
+    elif isinstance(resume, str) and not os.path.isdir(resume):
+        raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
+    return trainer
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, EmbedderTrainingArguments]:
+    """Parse command-line arguments (ours plus every ``TrainingArguments`` option)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, EmbedderTrainingArguments))  # type: ignore[arg-type]
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if int(os.environ.get("LOCAL_RANK", "0")) <= 0 else logging.WARNING,
+    )
+    from bgekit.errors import BgekitError
+
+    try:
+        train(*parse_args(argv))
+    except BgekitError as exc:
+        print(f"bgekit finetune embedder: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

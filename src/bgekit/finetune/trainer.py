@@ -1,0 +1,176 @@
+"""Trainers: HF ``Trainer`` subclasses for group-based training (embedders here, rerankers alike).
+
+:class:`GroupTrainer` is the shared base (also for reranker training): it samples batches from one
+dataset when asked, and saves every checkpoint and the final model in a layout bgekit loads directly
+(weights in safetensors, tokenizer, ``bgekit.json`` with the model's settings). The model the
+``Trainer`` holds is the plain ``transformers`` backbone, so checkpoints, ``--resume_from_checkpoint``,
+DDP and DeepSpeed all work as the ``Trainer`` does them.
+
+:class:`EmbedderTrainer` pools with the model's own pooling (``bgekit.inference.heads.pool``) and
+computes the loss of ``bgekit.finetune.losses``: InfoNCE with in-batch and hard negatives,
+own-group-only batches, cross-device negatives, distillation, Matryoshka and GradCache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Sampler
+from transformers import Trainer
+
+from bgekit.finetune import losses
+from bgekit.finetune.data import GroupDataset, SameDatasetBatchSampler
+from bgekit.finetune.gradcache import grad_cache_step
+from bgekit.inference.heads import pool
+from bgekit.models.settings import write_saved_settings
+
+logger = logging.getLogger(__name__)
+
+
+class GroupTrainer(Trainer):
+    """``Trainer`` over :class:`~bgekit.finetune.data.GroupDataset` batches, saving bgekit's layout.
+
+    Args:
+        saved_settings: written to ``bgekit.json`` under ``settings_kind`` at every save, so the output
+            (and each checkpoint) loads with the right pooling, normalisation and instructions.
+        settings_kind: ``"embedder"`` or ``"reranker"``.
+        same_dataset_within_batch: draw each global batch from a single dataset.
+        *args, **kwargs: as ``transformers.Trainer``.
+
+    Example:
+        >>> trainer = GroupTrainer(model=backbone, args=training_args, train_dataset=ds,
+        ...                        data_collator=collator, saved_settings={"pooling": "cls"})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        saved_settings: dict[str, Any] | None = None,
+        settings_kind: str = "embedder",
+        same_dataset_within_batch: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.saved_settings = dict(saved_settings or {})
+        self.settings_kind = settings_kind
+        self.same_dataset_within_batch = same_dataset_within_batch
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Sampler[int] | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.same_dataset_within_batch and isinstance(dataset, GroupDataset):
+            global_batch = self.args.per_device_train_batch_size * self.args.world_size
+            return SameDatasetBatchSampler(
+                [len(s.rows) for s in dataset.sources], global_batch, seed=self.args.data_seed or self.args.seed
+            )
+        return super()._get_train_sampler(dataset)  # type: ignore[arg-type]
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        super()._save(output_dir, state_dict=state_dict)
+        if self.saved_settings:
+            write_saved_settings(output_dir, self.settings_kind, self.saved_settings)
+
+
+class EmbedderTrainer(GroupTrainer):
+    """Contrastive fine-tuning of an embedder; ``self.args`` is an ``EmbedderTrainingArguments``.
+
+    Args:
+        pooling: ``cls``, ``mean`` or ``last_token``, from the model's settings.
+        normalize: L2-normalise embeddings before scoring.
+        *args, **kwargs: as :class:`GroupTrainer`.
+
+    Example:
+        >>> trainer = EmbedderTrainer(model=backbone, args=args, train_dataset=ds, data_collator=collate,
+        ...                           pooling="mean", normalize=True)   # doctest: +SKIP
+        >>> trainer.train()   # doctest: +SKIP
+    """
+
+    def __init__(self, *args: Any, pooling: str = "cls", normalize: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pooling = pooling
+        self.normalize = normalize
+
+    # ------------------------------------------------------------------------------------- encoding
+    def encode(self, model: Any, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled (not yet normalised) float32 embeddings of one padded batch."""
+        hidden = model(**features, return_dict=True).last_hidden_state
+        return pool(hidden, features["attention_mask"], self.pooling).float()
+
+    def loss_from_embeddings(
+        self,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        teacher_scores: torch.Tensor | None = None,
+        no_in_batch_neg: bool = False,
+    ) -> torch.Tensor:
+        """The loss of a batch from its pooled embeddings (gathered across processes when asked)."""
+        args = self.args
+        in_batch = not no_in_batch_neg
+        if getattr(args, "negatives_cross_device", False) and in_batch:
+            q = losses.gather_keep_local_grad(q)
+            p = losses.gather_keep_local_grad(p)
+            if teacher_scores is not None:
+                teacher_scores = losses.gather_no_grad(teacher_scores.to(q.device))
+        kwargs: dict[str, Any] = dict(
+            temperature=args.temperature,  # type: ignore[attr-defined]
+            teacher_scores=teacher_scores,
+            kd_loss_type=args.kd_loss_type,  # type: ignore[attr-defined]
+            in_batch_negatives=in_batch,
+        )
+        if getattr(args, "use_mrl", False):
+            return losses.matryoshka_loss(q, p, args.mrl_dims, normalize=self.normalize, **kwargs)  # type: ignore[attr-defined]
+        if self.normalize:
+            q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
+        return losses.embedder_loss(q, p, **kwargs)
+
+    # ------------------------------------------------------------------------------------- training
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        q = self.encode(model, inputs["queries"])
+        p = self.encode(model, inputs["passages"])
+        loss = self.loss_from_embeddings(q, p, inputs.get("teacher_scores"), bool(inputs.get("no_in_batch_neg")))
+        return (loss, {"q_reps": q, "p_reps": p}) if return_outputs else loss
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        if not getattr(self.args, "grad_cache", False):
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        teacher = inputs.get("teacher_scores")
+        flag = bool(inputs.get("no_in_batch_neg"))
+
+        def encode(features: dict[str, torch.Tensor]) -> torch.Tensor:
+            with self.compute_loss_context_manager():
+                return self.encode(model, features)
+
+        loss = grad_cache_step(
+            encode,
+            lambda q, p: self.loss_from_embeddings(q, p, teacher, flag),
+            [inputs["queries"], inputs["passages"]],
+            self.args.gc_chunk_size,  # type: ignore[attr-defined]
+            loss_scale=1.0 / self.current_gradient_accumulation_steps,
+            no_sync=getattr(model, "no_sync", None),
+        )
+        return loss / self.current_gradient_accumulation_steps
+
+
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """The ``checkpoint-N`` folders of a run, oldest first.
+
+    Example:
+        >>> checkpoint_folders("/nonexistent")
+        []
+    """
+    if not os.path.isdir(output_dir):
+        return []
+    found = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
+    return [os.path.join(output_dir, d) for d in sorted(found, key=lambda d: int(d.split("-")[-1]))]
