@@ -5,6 +5,7 @@ M3's sparse (lexical) and multi-vector (ColBERT) heads live here too; a model is
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,130 @@ def finish_dense(vectors: torch.Tensor, *, truncate_dim: int | None, normalize: 
     if normalize:
         vectors = F.normalize(vectors, p=2, dim=-1)
     return vectors
+
+
+# ------------------------------------------------------------------------------------------- M3 heads
+COLBERT_FILE = "colbert_linear.pt"
+SPARSE_FILE = "sparse_linear.pt"
+
+
+class M3Heads(torch.nn.Module):
+    """BGE-M3's two extra heads on the backbone's last hidden states.
+
+    ``sparse_linear`` (hidden -> 1, then ReLU) gives each position a lexical weight; ``colbert_linear``
+    (hidden -> colbert dim) gives each position a multi-vector (ColBERT) embedding. Both are read from the
+    files FlagEmbedding writes beside the weights, ``sparse_linear.pt`` and ``colbert_linear.pt``.
+
+    Example:
+        >>> heads = M3Heads(hidden_size=8, colbert_size=8)
+        >>> heads.sparse_linear.out_features, heads.colbert_linear.out_features
+        (1, 8)
+    """
+
+    def __init__(self, hidden_size: int, colbert_size: int) -> None:
+        super().__init__()
+        self.sparse_linear = torch.nn.Linear(hidden_size, 1)
+        self.colbert_linear = torch.nn.Linear(hidden_size, colbert_size)
+
+    @classmethod
+    def from_folder(cls, folder: str, hidden_size: int) -> M3Heads:
+        """Load both head files from ``folder`` (float32, CPU); errors name the file at fault."""
+        import os
+
+        from bgekit.errors import ModelLoadError
+
+        states = {}
+        for name in (SPARSE_FILE, COLBERT_FILE):
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                raise ModelLoadError(
+                    f"{path} is missing: a BGE-M3 checkpoint needs both {SPARSE_FILE} and {COLBERT_FILE} "
+                    "beside its weights"
+                )
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch raises several types for corrupt or foreign pickles
+                raise ModelLoadError(f"could not read {path}: {type(exc).__name__}: {exc}") from exc
+            weight = state.get("weight") if isinstance(state, dict) else None
+            if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or "bias" not in state:
+                raise ModelLoadError(f"{path}: expected a Linear state dict with 'weight' and 'bias'")
+            if weight.shape[1] != hidden_size:
+                raise ModelLoadError(
+                    f"{path}: weight takes inputs of size {weight.shape[1]}, but the backbone's hidden size "
+                    f"is {hidden_size}"
+                )
+            if name == SPARSE_FILE and weight.shape[0] != 1:
+                raise ModelLoadError(f"{path}: expected 1 output (a weight per token), got {weight.shape[0]}")
+            states[name] = state
+        heads = cls(hidden_size, int(states[COLBERT_FILE]["weight"].shape[0]))
+        heads.sparse_linear.load_state_dict(states[SPARSE_FILE])
+        heads.colbert_linear.load_state_dict(states[COLBERT_FILE])
+        return heads.float().eval()
+
+    @property
+    def colbert_size(self) -> int:
+        return int(self.colbert_linear.out_features)
+
+    def save(self, folder: str) -> None:
+        """Write ``sparse_linear.pt`` and ``colbert_linear.pt`` into ``folder`` (atomically)."""
+        import os
+
+        for name, module in ((SPARSE_FILE, self.sparse_linear), (COLBERT_FILE, self.colbert_linear)):
+            path = os.path.join(folder, name)
+            tmp = f"{path}.tmp.{os.getpid()}"
+            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+            os.replace(tmp, path)
+
+
+def lexical_weights(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sparse_linear: torch.nn.Linear,
+    unused_ids: torch.Tensor,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per input: the token ids present and their weight, the largest ReLU weight over their positions.
+
+    Ids in ``unused_ids`` (FlagEmbedding drops CLS, EOS, PAD and UNK) and weights that are not > 0 are left
+    out, as in FlagEmbedding's ``BGEM3FlagModel``. Ids come back sorted, as int64, weights as float32.
+    """
+    weights = torch.relu(sparse_linear(hidden.float())).squeeze(-1)
+    keep = attention_mask.bool() & (weights > 0) & ~torch.isin(input_ids, unused_ids.to(input_ids.device))
+    rows, cols = keep.nonzero(as_tuple=True)
+    ids = input_ids[rows, cols].long()
+    values = weights[rows, cols]
+    span = int(input_ids.max().item()) + 1 if input_ids.numel() else 1
+    keys, inverse = torch.unique(rows.long() * span + ids, return_inverse=True)
+    best = torch.zeros(keys.shape[0], dtype=values.dtype, device=values.device)
+    best = best.scatter_reduce(0, inverse, values, reduce="amax", include_self=False)
+    counts = torch.bincount(keys // span, minlength=input_ids.shape[0]).tolist()
+    out_ids = (keys % span).cpu().numpy()
+    out_weights = best.cpu().numpy().astype(np.float32, copy=False)
+    bounds = np.cumsum([0, *counts])
+    return [(out_ids[a:b], out_weights[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def colbert_vectors(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    colbert_linear: torch.nn.Linear,
+    *,
+    dim: int | None,
+    normalize: bool,
+) -> list[np.ndarray]:
+    """Per input: one vector per real token after the first (CLS), as FlagEmbedding's ``colbert_vecs``.
+
+    Only real positions go through the head (padding is skipped, either side); ``dim`` keeps the first
+    dimensions before normalising. Returns float32 arrays of shape (tokens - 1, dim).
+    """
+    mask = attention_mask.bool()
+    first = mask.int().argmax(dim=1)  # first real position per row, for left or right padding
+    mask = mask.clone()
+    mask[torch.arange(mask.shape[0], device=mask.device), first] = False
+    vectors = colbert_linear(hidden[mask].float())
+    if dim is not None:
+        vectors = vectors[:, :dim]
+    if normalize:
+        vectors = F.normalize(vectors, p=2, dim=-1)
+    counts = mask.sum(dim=1).tolist()
+    return [part.numpy() for part in torch.split(vectors.cpu(), counts)]

@@ -66,6 +66,10 @@ class EmbedderSettings:
         padding_side: tokenizer padding side (``None``: the tokenizer's own).
         dtype: default compute dtype when the caller does not choose one.
         examples_for_task: few-shot examples for ICL embedders (dicts with instruct/query/response).
+        colbert_dim: M3 only: keep the first ``colbert_dim`` dimensions of each ColBERT vector (``None``:
+            the head's full size, read from ``colbert_linear.pt``).
+        append_eos: decoders only: end every input with the EOS token when the tokenizer does not add it
+            itself (the published usage of e5-mistral and its descendants).
 
     Example:
         >>> EmbedderSettings(pooling="mean").pooling
@@ -85,6 +89,8 @@ class EmbedderSettings:
     padding_side: PaddingSide | None = None
     dtype: Dtype | None = None
     examples_for_task: list[dict[str, str]] | None = None
+    colbert_dim: int | None = None
+    append_eos: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,7 +101,7 @@ class EmbedderSettings:
             self.dtype = normalize_dtype(self.dtype)  # type: ignore[assignment]
         if self.padding_side not in (None, "left", "right"):
             raise ConfigError(f"padding_side={self.padding_side!r} is not valid; choose 'left' or 'right'")
-        for name in ("query_max_length", "passage_max_length", "truncate_dim"):
+        for name in ("query_max_length", "passage_max_length", "truncate_dim", "colbert_dim"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ConfigError(f"{name}={value!r} is not valid; expected a positive integer or None")
@@ -105,6 +111,11 @@ class EmbedderSettings:
                 raise ConfigError(
                     f"{name}={fmt!r} is not valid; it needs exactly two '{{}}' (instruction, then text)"
                 )
+
+        if not isinstance(self.append_eos, bool):
+            raise ConfigError(f"append_eos={self.append_eos!r} is not valid; expected True or False")
+        if self.examples_for_task is not None:
+            self.examples_for_task = validate_examples(self.examples_for_task)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -122,6 +133,37 @@ class EmbedderSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+EXAMPLE_KEYS = ("instruct", "query", "response")
+
+
+def validate_examples(examples: Any) -> list[dict[str, str]]:
+    """Check ICL few-shot examples: a list of dicts with string ``instruct``/``query``/``response`` keys.
+
+    Example:
+        >>> validate_examples([{"instruct": "Find it.", "query": "q", "response": "r"}])[0]["query"]
+        'q'
+    """
+    if not isinstance(examples, list | tuple):
+        raise ConfigError(
+            f"examples_for_task must be a list of dicts with keys {list(EXAMPLE_KEYS)}, "
+            f"got {type(examples).__name__}"
+        )
+    out: list[dict[str, str]] = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise ConfigError(f"examples_for_task[{i}] is {type(example).__name__}; expected a dict")
+        unknown = sorted(set(example) - set(EXAMPLE_KEYS))
+        if unknown:
+            raise ConfigError(f"examples_for_task[{i}] has unknown key(s) {unknown}; valid: {list(EXAMPLE_KEYS)}")
+        for key, value in example.items():
+            if not isinstance(value, str):
+                raise ConfigError(
+                    f"examples_for_task[{i}][{key!r}] is {type(value).__name__}; expected a string"
+                )
+        out.append(dict(example))
+    return out
 
 
 def read_json(path: str) -> Any:
