@@ -1,0 +1,579 @@
+"""The reranker: (query, passage) pairs in, relevance scores out, for every kind of BGE reranker.
+
+Cross-encoders (bge-reranker-base/large/v2-m3, any ``AutoModelForSequenceClassification``), LLM rerankers
+(bge-reranker-v2-gemma style), layer-wise rerankers (bge-reranker-v2-minicpm-layerwise style, or any
+standard HF decoder through a generic implementation) and lightweight rerankers (the checkpoint's own
+code), all through the one batching engine and device pool the embedders use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from bgekit.engine import BatchEngine, DevicePool, pad_sequences
+from bgekit.engine.pool import split_evenly
+from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
+from bgekit.inference.embedder import file_fingerprint
+from bgekit.inference.inputs import apply_instruction, corpus_item_text
+from bgekit.inference.rerank_heads import (
+    cross_encoder_scores,
+    decoder_parts,
+    forward_accepts,
+    layerwise_generic_scores,
+    layerwise_remote_scores,
+    lightweight_scores,
+    llm_scores,
+)
+from bgekit.inference.rerank_inputs import CrossEncoderInputs, PromptInputs, as_pair_list
+from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranker_settings
+from bgekit.models import reranker_registry
+from bgekit.models.loading import (
+    load_pretrained,
+    load_tokenizer,
+    resolve_device,
+    resolve_model_folder,
+    resolve_torch_dtype,
+)
+from bgekit.models.settings import normalize_dtype, write_saved_settings
+
+DEFAULT_BATCH_SIZE = 128
+"""FlagEmbedding's reranker batch size."""
+DEFAULT_MAX_TOKENS_PER_BATCH = 32768
+"""Padded tokens per batch: short pairs batch wide, long ones stay within memory."""
+
+_SETTING_ARGS = tuple(RerankerSettings.field_names())
+_RUNTIME_ARGS = (
+    "device",
+    "devices",
+    "batch_size",
+    "max_tokens_per_batch",
+    "show_progress",
+    "trust_remote_code",
+    "peft_path",
+    "revision",
+    "cache_dir",
+)
+_CALL_ARGS = (
+    "batch_size",
+    "max_length",
+    "query_max_length",
+    "normalize",
+    "prompt",
+    "cutoff_layers",
+    "compress_layers",
+    "compress_ratio",
+    "show_progress",
+)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function, in float64 as FlagEmbedding's ``sigmoid``."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+class _RerankerFactory:
+    """Builds the same reranker on a given device inside a worker process (picklable)."""
+
+    def __init__(self, folder: str, kwargs: dict[str, Any]) -> None:
+        self.folder, self.kwargs = folder, kwargs
+
+    def __call__(self, device: str) -> Reranker:
+        return Reranker(self.folder, device=device, **self.kwargs)
+
+
+class Reranker:
+    """Score (query, passage) pairs with a cross-encoder or an LLM reranker.
+
+    Args:
+        model_name_or_path: a hub name (``"BAAI/bge-reranker-v2-m3"``) or a local folder.
+        kind: ``"cross-encoder"``, ``"llm"``, ``"layerwise"`` or ``"lightweight"``; detected from the
+            checkpoint when not given (sequence classification -> cross-encoder, causal LM -> llm).
+        normalize: apply a sigmoid to the scores (default False, as FlagEmbedding).
+        query_instruction / query_instruction_format: text put before each query, and how (``"{}{}"``).
+            LLM rerankers default to ``"A: "``.
+        passage_instruction / passage_instruction_format: the same for passages (LLM default ``"B: "``).
+        max_length: token limit of a pair (default 512); the passage is truncated to fit.
+        query_max_length: token limit of the query alone (default 3/4 of ``max_length``).
+        prompt: the question after an LLM reranker's pair (default: the checkpoint's, see
+            ``bgekit.models.reranker_registry``).
+        cutoff_layers: layers to score from (layer-wise); several give one list of scores per layer.
+        compress_layers / compress_ratio: the lightweight reranker's token compression (checkpoint code).
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        device / devices: one device, or several (one worker process per device).
+        batch_size / max_tokens_per_batch: the batching engine's limits.
+        show_progress: progress bar (``None``: only for long inputs).
+        trust_remote_code: run code shipped with the checkpoint (off unless asked).
+        peft_path: a LoRA/PEFT adapter, loaded onto the model and merged.
+
+    Settings not given come from the folder's ``bgekit.json`` (``reranker`` section), then bgekit's table
+    of published rerankers, then the defaults above.
+
+    Example:
+        >>> reranker = Reranker(cross_encoder_dir, device="cpu")                  # doctest: +SKIP
+        >>> reranker.compute_score([("what is a panda?", "The giant panda is a bear.")])   # doctest: +SKIP
+        [2.71...]
+    """
+
+    def __init__(self, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> None:
+        valid = _SETTING_ARGS + _RUNTIME_ARGS
+        reject_unknown_kwargs("Reranker", {k: v for k, v in kwargs.items() if k not in valid}, valid)
+        model_name_or_path = os.fspath(model_name_or_path)
+        self.name_or_path = model_name_or_path
+        self.folder = resolve_model_folder(
+            model_name_or_path, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir")
+        )
+        self.trust_remote_code = bool(kwargs.get("trust_remote_code", False))
+        self.peft_path = kwargs.get("peft_path")
+        self.config = self._load_config()
+
+        explicit = {k: kwargs.get(k) for k in _SETTING_ARGS}
+        self.settings, self.settings_origin = resolve_reranker_settings(
+            model_name_or_path, self.folder, explicit, self.config
+        )
+        self.kind: str = str(self.settings.kind)
+        self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
+        mtpb = kwargs.get("max_tokens_per_batch", DEFAULT_MAX_TOKENS_PER_BATCH)
+        self.max_tokens_per_batch = None if mtpb is None else int(mtpb)
+        self.show_progress = kwargs.get("show_progress")
+        self.dtype = normalize_dtype(self.settings.dtype or "fp32")
+
+        devices = kwargs.get("devices")
+        device = kwargs.get("device")
+        if isinstance(devices, str):
+            devices = [devices]
+        if devices is not None and device is not None:
+            raise ConfigError("give either device= or devices=, not both")
+        if devices is not None and len(devices) == 0:
+            raise ConfigError("devices=[] is empty; name at least one device or leave it out")
+        self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
+        self.device = resolve_device(self.devices[0])
+        self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
+
+        self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
+        original_pad_id = self.tokenizer.pad_token_id
+        if self.tokenizer.pad_token_id is None:
+            # decoder tokenizers often have no pad token; padding is masked, so any id works
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.n_layers = int(getattr(self.config, "num_hidden_layers", 0) or 0)
+
+        self._cross_inputs: CrossEncoderInputs | None = None
+        self._prompt_inputs: PromptInputs | None = None
+        self.yes_token_id: int | None = None
+        if self.kind == "cross-encoder":
+            self._cross_inputs = CrossEncoderInputs(self.tokenizer)
+            self._check_position_limit()
+        else:
+            self._prompt_inputs = PromptInputs(
+                self.tokenizer, always_bos=self.kind != "llm", original_pad_id=original_pad_id
+            )
+            yes = self.tokenizer("Yes", add_special_tokens=False)["input_ids"]
+            if not yes:
+                raise ModelLoadError(f"the tokenizer of {self.folder!r} turns 'Yes' into no tokens")
+            # the token the model was trained to predict: FlagEmbedding's training takes the last piece
+            self.yes_token_id = int(yes[-1])
+        self._model: Any = None
+        self._pool: DevicePool | None = None
+        self._check_call_settings(
+            self.settings.max_length, self.settings.query_max_length, self.settings.cutoff_layers
+        )
+        if len(self.devices) == 1:
+            self._load_model()
+
+    # ----------------------------------------------------------------------------------------- loading
+    def _load_config(self) -> Any:
+        from transformers import AutoConfig
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        path = os.path.join(self.folder, "config.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                raw = json.load(handle)
+            model_type = raw.get("model_type")
+            if raw.get("auto_map") and model_type not in CONFIG_MAPPING and not self.trust_remote_code:
+                raise ConfigError(
+                    f"{self.folder!r} is a {model_type!r} model whose code ships with the checkpoint (auto_map in "
+                    f"config.json), and transformers has no built-in {model_type!r}; pass trust_remote_code=True "
+                    f"to run that code (read it first: it runs on your machine)"
+                )
+        try:
+            return AutoConfig.from_pretrained(self.folder, trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not read the model configuration of {self.folder!r}: {exc}") from exc
+
+    def _check_position_limit(self) -> None:
+        positions = getattr(self.config, "max_position_embeddings", None)
+        max_length = int(self.settings.max_length or 0)
+        if isinstance(positions, int) and positions > 0:
+            offset = 0
+            if getattr(self.config, "model_type", "") in (
+                "roberta",
+                "xlm-roberta",
+                "camembert",
+                "longformer",
+            ):
+                offset = (
+                    int(getattr(self.config, "pad_token_id", 1) or 1) + 1
+                )  # positions start after padding_idx
+            if max_length > positions - offset:
+                raise ConfigError(
+                    f"max_length={max_length} exceeds what the model takes ({positions - offset} tokens, "
+                    f"max_position_embeddings={positions}); use max_length <= {positions - offset}"
+                )
+
+    def _load_model(self) -> Any:
+        if self._model is not None:
+            return self._model
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        if self.kind == "cross-encoder":
+            model = load_pretrained(
+                AutoModelForSequenceClassification,
+                self.folder,
+                dtype=self.torch_dtype,
+                device=self.device,
+                trust_remote_code=self.trust_remote_code,
+            )
+            labels = int(getattr(model.config, "num_labels", 1))
+            if labels != 1:
+                raise ConfigError(
+                    f"{self.folder!r} has num_labels={labels}; a cross-encoder reranker has one output (num_labels=1)"
+                )
+        else:
+            if self.kind == "lightweight" and not self.trust_remote_code:
+                raise ConfigError(
+                    "lightweight rerankers (cutoff_layers, compress_layers, compress_ratio) run the checkpoint's own "
+                    "code, which bgekit does not copy; pass trust_remote_code=True"
+                )
+            model = load_pretrained(
+                AutoModelForCausalLM,
+                self.folder,
+                dtype=self.torch_dtype,
+                device=self.device,
+                trust_remote_code=self.trust_remote_code,
+            )
+            if self.peft_path:
+                model = _merge_adapter(model, str(self.peft_path))
+            if self.kind == "lightweight" and not forward_accepts(model, "compress_ratio"):
+                raise ConfigError(
+                    f"{type(model).__name__} has no token compression (its forward takes no compress_ratio); "
+                    f"a lightweight reranker needs a checkpoint that ships that code"
+                )
+            if self.kind == "llm" and forward_accepts(model, "cutoff_layers"):
+                self.kind = "layerwise"  # a checkpoint with per-layer heads: its logits are per layer
+        self._model = model
+        return model
+
+    @property
+    def model(self) -> Any:
+        """The ``transformers`` model, loaded on first use in multi-device mode."""
+        return self._load_model()
+
+    def _layer_range(self) -> tuple[int, int]:
+        """The cutoff layers this model can score from (inclusive)."""
+        start = getattr(self.config, "start_layer", None)
+        if (
+            self._model is not None
+            and forward_accepts(self._model, "cutoff_layers")
+            and isinstance(start, int)
+        ):
+            return start, self.n_layers
+        return 1, self.n_layers
+
+    def _check_call_settings(self, max_length: Any, query_max_length: Any, cutoff_layers: Any) -> None:
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+            raise ConfigError(f"max_length={max_length!r} is not valid; expected a positive integer")
+        if query_max_length is not None and (
+            not isinstance(query_max_length, int)
+            or isinstance(query_max_length, bool)
+            or query_max_length <= 0
+        ):
+            raise ConfigError(
+                f"query_max_length={query_max_length!r} is not valid; expected a positive integer"
+            )
+        if cutoff_layers is not None:
+            if self.kind == "cross-encoder":
+                raise ConfigError(
+                    "cutoff_layers is for layer-wise LLM rerankers; this model is a cross-encoder"
+                )
+            low, high = self._layer_range()
+            bad = [k for k in cutoff_layers if not low <= k <= high]
+            if bad:
+                raise ConfigError(
+                    f"cutoff_layers {bad} are outside the model: valid layers are {low}..{high} "
+                    f"({self.n_layers} layers)"
+                )
+
+    def _worker_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = self.settings.to_dict()
+        kwargs.update(
+            kind=self.kind,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            show_progress=False,
+            trust_remote_code=self.trust_remote_code,
+            peft_path=self.peft_path,
+        )
+        return kwargs
+
+    def _get_pool(self) -> DevicePool:
+        if self._pool is None or self._pool.closed:
+            self._pool = DevicePool(_RerankerFactory(self.folder, self._worker_kwargs()), self.devices)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop worker processes, if any (also done at exit)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------------------- scoring
+    def compute_score(self, sentence_pairs: Any, **kwargs: Any) -> Any:
+        """Score (query, passage) pairs.
+
+        Args:
+            sentence_pairs: a list of ``(query, passage)`` pairs (passages may be ``{"title", "text"}``
+                dicts), or one pair.
+            batch_size, max_length, query_max_length, normalize, prompt, cutoff_layers, compress_layers,
+            compress_ratio, show_progress: override the reranker's settings for this call.
+
+        Returns:
+            A list of floats (a float for a single pair). With several ``cutoff_layers``, one such list
+            per layer, as FlagEmbedding.
+
+        Raises:
+            InputError: a pair that is not two strings, naming its index.
+
+        Example:
+            >>> reranker.compute_score([("what is a panda?", "A bear."), ("what is a panda?", "A fruit.")])  # doctest: +SKIP
+            [3.1, -2.4]
+        """
+        reject_unknown_kwargs(
+            "Reranker.compute_score", {k: v for k, v in kwargs.items() if k not in _CALL_ARGS}, _CALL_ARGS
+        )
+        pairs, single = as_pair_list(sentence_pairs, "sentence_pairs")
+        options = self._call_options(kwargs)
+        pairs = self._apply_instructions(pairs)
+        if not pairs:
+            return []
+        if len(self.devices) > 1 and len(pairs) > 1:
+            ranges = split_evenly(len(pairs), len(self.devices) * 4)
+            parts = self._get_pool().map(
+                "_score_local", [(pairs[a:b], {**options, "show_progress": False}) for a, b in ranges]
+            )
+            logits = np.concatenate(parts, axis=0)
+        else:
+            logits = self._score_local(pairs, options)
+        scores = sigmoid(logits) if options["normalize"] else logits.astype(np.float64)
+        columns = [scores[:, j].tolist() for j in range(scores.shape[1])]
+        if single:
+            return columns[0][0] if len(columns) == 1 else [c[0] for c in columns]
+        return columns[0] if len(columns) == 1 else columns
+
+    def rank(
+        self, query: str, passages: Any, top_k: int | None = None, **kwargs: Any
+    ) -> list[tuple[int, float]]:
+        """Rank passages for one query: ``[(index, score), ...]`` best first, ties in input order.
+
+        Args:
+            query: the query.
+            passages: strings or ``{"title", "text"}`` dicts.
+            top_k: keep only the best ``top_k`` (default all).
+            **kwargs: as ``compute_score`` (one cutoff layer at most).
+
+        Example:
+            >>> reranker.rank("what is a panda?", ["A fruit.", "A bear."], top_k=1)   # doctest: +SKIP
+            [(1, 3.1)]
+        """
+        if not isinstance(query, str):
+            raise InputError(f"query is {type(query).__name__}; expected a string")
+        if isinstance(passages, str | dict) or not isinstance(passages, list | tuple):
+            raise InputError(
+                f"passages must be a list of strings or title/text dicts, got {type(passages).__name__}"
+            )
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+            raise ConfigError(f"top_k={top_k!r} is not valid; expected a non-negative integer or None")
+        texts = [corpus_item_text(p, i, "passages") for i, p in enumerate(passages)]
+        cutoff = kwargs.get("cutoff_layers", self.settings.cutoff_layers)
+        if cutoff is not None and len(cutoff) > 1:
+            raise ConfigError(f"rank needs one score per passage; pass cutoff_layers=[k] (got {cutoff})")
+        scores = self.compute_score([(query, t) for t in texts], **kwargs) if texts else []
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])  # stable: ties keep input order
+        if top_k is not None:
+            order = order[:top_k]
+        return [(i, float(scores[i])) for i in order]
+
+    def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        max_length = kwargs.get("max_length") or s.max_length
+        options: dict[str, Any] = {
+            "batch_size": int(kwargs.get("batch_size") or self.batch_size),
+            "max_length": max_length,
+            "query_max_length": kwargs.get("query_max_length") or s.query_max_length,
+            "normalize": s.normalize if kwargs.get("normalize") is None else bool(kwargs["normalize"]),
+            "prompt": kwargs.get("prompt") or s.prompt,
+            "cutoff_layers": kwargs.get("cutoff_layers") or s.cutoff_layers,
+            "compress_layers": kwargs.get("compress_layers") or s.compress_layers,
+            "compress_ratio": kwargs.get("compress_ratio") or s.compress_ratio,
+            "show_progress": self.show_progress
+            if kwargs.get("show_progress") is None
+            else kwargs["show_progress"],
+        }
+        if isinstance(options["cutoff_layers"], int):
+            options["cutoff_layers"] = [options["cutoff_layers"]]
+        self._check_call_settings(
+            options["max_length"], options["query_max_length"], options["cutoff_layers"]
+        )
+        if options["query_max_length"] is None:
+            options["query_max_length"] = options["max_length"] * 3 // 4
+        return options
+
+    def _apply_instructions(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        s = self.settings
+        queries = apply_instruction([q for q, _ in pairs], s.query_instruction, s.query_instruction_format)
+        passages = apply_instruction(
+            [p for _, p in pairs], s.passage_instruction, s.passage_instruction_format
+        )
+        return list(zip(queries, passages, strict=True))
+
+    def _default_prompt(self) -> str:
+        if self.kind == "lightweight":
+            return reranker_registry.LIGHTWEIGHT_PROMPT
+        return reranker_registry.LLM_PROMPT
+
+    def _score_local(self, pairs: list[tuple[str, str]], options: dict[str, Any]) -> np.ndarray:
+        """Raw scores (logits) of instruction-formatted pairs on this process's device: (n, n_outputs)."""
+        model = self._load_model()
+        max_length, query_max_length = int(options["max_length"]), int(options["query_max_length"])
+        pad_id = int(self.tokenizer.pad_token_id)
+        query_lengths: list[int] = []
+        prompt_length = 0
+        if self._cross_inputs is not None:
+            features = self._cross_inputs.features(pairs, max_length, query_max_length)
+        else:
+            assert self._prompt_inputs is not None
+            prompt = options["prompt"] or self._default_prompt()
+            features, query_lengths, prompt_length = self._prompt_inputs.features(
+                pairs, max_length, query_max_length, prompt
+            )
+        kind, yes_id = self.kind, self.yes_token_id
+        cutoff = options["cutoff_layers"]
+        if kind == "layerwise" and cutoff is None:
+            cutoff = [self.n_layers]
+        if kind == "layerwise" and not forward_accepts(model, "cutoff_layers"):
+            decoder_parts(model)  # a clear error now rather than inside the first batch
+
+        def step(indices: list[int]) -> torch.Tensor:
+            # lightweight compression pads to a multiple of 8 in FlagEmbedding; the same keeps it exact
+            multiple = 8 if kind == "lightweight" else None
+            batch = pad_sequences([features[i] for i in indices], pad_id, pad_to_multiple_of=multiple)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.inference_mode():
+                if kind == "cross-encoder":
+                    scores = cross_encoder_scores(model, batch)[:, None]
+                elif kind == "llm":
+                    assert yes_id is not None
+                    scores = llm_scores(model, batch, yes_id)[:, None]
+                elif kind == "layerwise" and forward_accepts(model, "cutoff_layers"):
+                    scores = layerwise_remote_scores(model, batch, cutoff)
+                elif kind == "layerwise":
+                    assert yes_id is not None
+                    scores = layerwise_generic_scores(model, batch, yes_id, cutoff)
+                else:
+                    scores = lightweight_scores(
+                        model,
+                        batch,
+                        cutoff,
+                        options["compress_layers"],
+                        options["compress_ratio"],
+                        [query_lengths[i] for i in indices],
+                        prompt_length,
+                    )
+            return scores.cpu()
+
+        engine = BatchEngine(
+            batch_size=int(options["batch_size"]),
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            show_progress=options["show_progress"],
+            desc="Reranking",
+        )
+        out = engine.run([len(f["input_ids"]) for f in features], step)
+        return out.numpy().astype(np.float32)
+
+    # ---------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, path: str) -> None:
+        """Save weights (safetensors), tokenizer and ``bgekit.json`` so ``Reranker(path)`` reloads as is.
+
+        Example:
+            >>> reranker.save_pretrained("my-reranker/")   # doctest: +SKIP
+        """
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        settings = self.settings.to_dict()
+        settings["kind"] = self.kind
+        if settings.get("dtype") is None:
+            settings.pop("dtype")
+        write_saved_settings(path, "reranker", settings)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes this reranker's scores: model files, settings, dtype.
+
+        Example:
+            >>> reranker.fingerprint()   # doctest: +SKIP
+            '3f9c0a...'
+        """
+        digest = hashlib.sha256()
+        digest.update(repr(sorted(self.settings.to_dict().items())).encode())
+        digest.update(f"{self.kind}|{self.dtype}|{self.peft_path}".encode())
+        digest.update(file_fingerprint(self.folder).encode())
+        if self.peft_path and os.path.isdir(str(self.peft_path)):
+            digest.update(file_fingerprint(str(self.peft_path)).encode())
+        return digest.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"Reranker({self.name_or_path!r}, kind={self.kind!r}, normalize={s.normalize}, "
+            f"max_length={s.max_length}, dtype={self.dtype!r}, devices={self.devices})"
+        )
+
+
+def _merge_adapter(model: Any, peft_path: str) -> Any:
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ConfigError("peft_path needs the peft package: pip install 'bgekit[train]'") from exc
+    try:
+        merged = PeftModel.from_pretrained(model, peft_path).merge_and_unload()
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the adapter at {peft_path!r}: {exc}") from exc
+    return merged.eval()
+
+
+class AutoReranker:
+    """Factory mirroring transformers' ``Auto*`` classes: the kind comes from the checkpoint.
+
+    Example:
+        >>> AutoReranker.from_pretrained("BAAI/bge-reranker-v2-m3", normalize=True)   # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        raise TypeError("use AutoReranker.from_pretrained(name_or_path, ...)")
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Reranker:
+        """Load a reranker; its kind (cross-encoder, llm, layer-wise, lightweight) comes from its settings."""
+        return Reranker(model_name_or_path, **kwargs)
