@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bgekit.errors import reject_unknown_kwargs
+from bgekit.errors import ConfigError, reject_unknown_kwargs
 from bgekit.inference.embedder import Embedder
+from bgekit.inference.reranker import Reranker
 
 _FLAG_MODEL_ARGS = (
     "normalize_embeddings",
@@ -106,3 +107,147 @@ class FlagAutoModel:
 
             model._encode_validated = _encode  # type: ignore[method-assign]
         return model
+
+
+# ------------------------------------------------------------------------------------------- rerankers
+_FLAG_RERANKER_ARGS = (
+    "use_fp16",
+    "use_bf16",
+    "query_instruction_for_rerank",
+    "query_instruction_format",
+    "passage_instruction_for_rerank",
+    "passage_instruction_format",
+    "trust_remote_code",
+    "cache_dir",
+    "devices",
+    "batch_size",
+    "query_max_length",
+    "max_length",
+    "normalize",
+    "peft_path",
+    "prompt",
+    "cutoff_layers",
+    "compress_layers",
+    "compress_ratio",
+)
+
+
+def _flag_reranker_kwargs(where: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """FlagEmbedding's reranker arguments as bgekit's ``Reranker`` arguments."""
+    reject_unknown_kwargs(
+        where, {k: v for k, v in kwargs.items() if k not in _FLAG_RERANKER_ARGS}, _FLAG_RERANKER_ARGS
+    )
+    out = dict(kwargs)
+    dtype = "fp16" if out.pop("use_fp16", False) else None
+    if out.pop("use_bf16", False):
+        dtype = "bf16"
+    if dtype is not None:
+        out["dtype"] = dtype
+    for flag_name, name in (
+        ("query_instruction_for_rerank", "query_instruction"),
+        ("passage_instruction_for_rerank", "passage_instruction"),
+    ):
+        if flag_name in out:
+            out[name] = out.pop(flag_name)
+    devices = out.pop("devices", None)
+    if devices is not None:
+        devices = [devices] if isinstance(devices, str | int) else list(devices)
+        # FlagEmbedding accepts GPU numbers (0 or "0") for "cuda:0"
+        out["devices"] = [f"cuda:{d}" if isinstance(d, int) or str(d).isdigit() else str(d) for d in devices]
+    return out
+
+
+class _FlagRerankerMixin:
+    """``compute_score`` taking FlagEmbedding's extra per-call names (dataloader options are no-ops)."""
+
+    def compute_score(self, sentence_pairs: Any, **kwargs: Any) -> Any:
+        kwargs.pop("use_dataloader", None)
+        kwargs.pop("num_workers", None)
+        kwargs.pop("device", None)
+        if "compress_layer" in kwargs:
+            kwargs["compress_layers"] = kwargs.pop("compress_layer")
+        return super().compute_score(sentence_pairs, **kwargs)  # type: ignore[misc]
+
+
+class FlagReranker(_FlagRerankerMixin, Reranker):
+    """FlagEmbedding's ``FlagReranker`` (cross-encoders: bge-reranker-base/large/v2-m3) on bgekit's engine.
+
+    Example:
+        >>> reranker = FlagReranker("BAAI/bge-reranker-v2-m3", use_fp16=True)   # doctest: +SKIP
+        >>> reranker.compute_score([["what is panda?", "The giant panda is a bear."]], normalize=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        super().__init__(
+            model_name_or_path, kind="cross-encoder", **_flag_reranker_kwargs("FlagReranker", kwargs)
+        )
+
+
+class FlagLLMReranker(_FlagRerankerMixin, Reranker):
+    """FlagEmbedding's ``FlagLLMReranker`` (bge-reranker-v2-gemma style) on bgekit's engine."""
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        super().__init__(model_name_or_path, kind="llm", **_flag_reranker_kwargs("FlagLLMReranker", kwargs))
+
+
+class LayerWiseFlagLLMReranker(_FlagRerankerMixin, Reranker):
+    """FlagEmbedding's ``LayerWiseFlagLLMReranker`` (bge-reranker-v2-minicpm-layerwise style).
+
+    The checkpoint's per-layer heads need ``trust_remote_code=True``; a standard HF decoder is scored by
+    bgekit's generic layer-wise implementation (final norm + LM head on the chosen layers).
+    """
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        super().__init__(
+            model_name_or_path, kind="layerwise", **_flag_reranker_kwargs("LayerWiseFlagLLMReranker", kwargs)
+        )
+
+
+class LightWeightFlagLLMReranker(_FlagRerankerMixin, Reranker):
+    """FlagEmbedding's ``LightWeightFlagLLMReranker`` (bge-reranker-v2.5-gemma2-lightweight style).
+
+    Token compression runs the checkpoint's own code: pass ``trust_remote_code=True``.
+    """
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        super().__init__(
+            model_name_or_path,
+            kind="lightweight",
+            **_flag_reranker_kwargs("LightWeightFlagLLMReranker", kwargs),
+        )
+
+
+_RERANKER_MODEL_CLASSES: dict[str, type[Reranker]] = {
+    "encoder-only-base": FlagReranker,
+    "decoder-only-base": FlagLLMReranker,
+    "decoder-only-layerwise": LayerWiseFlagLLMReranker,
+    "decoder-only-lightweight": LightWeightFlagLLMReranker,
+}
+
+
+class FlagAutoReranker:
+    """FlagEmbedding's ``FlagAutoReranker.from_finetuned``: the class from ``model_class`` or the checkpoint.
+
+    Without ``model_class`` the kind comes from the checkpoint (its ``bgekit.json``, the table of published
+    rerankers, or its architecture), where FlagEmbedding requires a known model name.
+    """
+
+    def __init__(self) -> None:
+        raise TypeError("use FlagAutoReranker.from_finetuned(name_or_path, ...)")
+
+    @classmethod
+    def from_finetuned(
+        cls,
+        model_name_or_path: str,
+        model_class: str | None = None,
+        use_fp16: bool = False,
+        trust_remote_code: bool | None = None,
+        **kwargs: Any,
+    ) -> Reranker:
+        kwargs.update(use_fp16=use_fp16, trust_remote_code=bool(trust_remote_code))
+        if model_class is not None:
+            name = getattr(model_class, "value", model_class)
+            if name not in _RERANKER_MODEL_CLASSES:
+                raise ConfigError(f"model_class={name!r} is not valid; choose one of {sorted(_RERANKER_MODEL_CLASSES)}")
+            return _RERANKER_MODEL_CLASSES[name](model_name_or_path, **kwargs)
+        return Reranker(model_name_or_path, **_flag_reranker_kwargs("FlagAutoReranker", kwargs))
