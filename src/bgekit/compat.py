@@ -41,8 +41,11 @@ _FLAG_MODEL_ARGS = (
 )
 
 
-def _flag_kwargs_to_bgekit(where: str, kwargs: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    reject_unknown_kwargs(where, {k: v for k, v in kwargs.items() if k not in _FLAG_MODEL_ARGS}, _FLAG_MODEL_ARGS)
+def _flag_kwargs_to_bgekit(
+    where: str, kwargs: dict[str, Any], defaults: dict[str, Any], extra_args: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    valid = _FLAG_MODEL_ARGS + extra_args
+    reject_unknown_kwargs(where, {k: v for k, v in kwargs.items() if k not in valid}, valid)
     merged = {**defaults, **kwargs}
     dtype = "fp16" if merged.pop("use_fp16", False) else None
     if merged.pop("use_bf16", False):
@@ -251,3 +254,193 @@ class FlagAutoReranker:
                 raise ConfigError(f"model_class={name!r} is not valid; choose one of {sorted(_RERANKER_MODEL_CLASSES)}")
             return _RERANKER_MODEL_CLASSES[name](model_name_or_path, **kwargs)
         return Reranker(model_name_or_path, **_flag_reranker_kwargs("FlagAutoReranker", kwargs))
+
+
+# ----------------------------------------------------------------------------- M3 and LLM embedders
+_M3_ARGS = ("colbert_dim", "return_dense", "return_sparse", "return_colbert_vecs")
+_ICL_ARGS = ("suffix", "examples_instruction_format")
+
+
+def _unescape_formats(kwargs: dict[str, Any]) -> None:
+    # FlagEmbedding turns a literal backslash-n (as typed on a command line) into a newline
+    for key in ("query_instruction_format", "passage_instruction_format"):
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = kwargs[key].replace("\\n", "\n")
+
+
+class BGEM3FlagModel(Embedder):
+    """FlagEmbedding's ``BGEM3FlagModel``: dense, lexical and ColBERT outputs of BGE-M3 in one pass.
+
+    Defaults are FlagEmbedding's: CLS pooling, normalised, max length 512 on both sides, batch size 256,
+    fp16 requested (fp32 on CPU), ``return_dense=True`` only. ``colbert_dim`` keeps the first dimensions
+    of the ColBERT vectors (FlagEmbedding needs it to equal the head file's size); ``truncate_dim``
+    truncates both dense and ColBERT vectors, as FlagEmbedding does.
+
+    Example:
+        >>> model = BGEM3FlagModel("BAAI/bge-m3", use_fp16=True)   # doctest: +SKIP
+        >>> out = model.encode(["hello"], return_sparse=True)   # doctest: +SKIP
+        >>> model.convert_id_to_token(out["lexical_weights"])   # doctest: +SKIP
+    """
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        self.return_dense = bool(kwargs.pop("return_dense", True))
+        self.return_sparse = bool(kwargs.pop("return_sparse", False))
+        self.return_colbert_vecs = bool(kwargs.pop("return_colbert_vecs", False))
+        kwargs.pop("convert_to_numpy", None)  # FlagEmbedding ignores it for M3 too
+        colbert_dim = kwargs.pop("colbert_dim", -1)
+        _unescape_formats(kwargs)
+        defaults = {
+            "normalize_embeddings": True,
+            "use_fp16": True,
+            "pooling_method": "cls",
+            "batch_size": 256,
+            "query_max_length": 512,
+            "passage_max_length": 512,
+            "kind": "m3",
+        }
+        converted = _flag_kwargs_to_bgekit("BGEM3FlagModel", kwargs, defaults, _M3_ARGS)
+        if colbert_dim is not None and colbert_dim > 0:
+            converted["colbert_dim"] = int(colbert_dim)
+        super().__init__(model_name_or_path, **converted)
+        truncate = self.settings.truncate_dim
+        if truncate is not None and self.settings.colbert_dim is None and self.m3_heads is not None:
+            self.settings.colbert_dim = min(truncate, self.m3_heads.colbert_size)
+
+    def _flags(self, dense: bool | None, sparse: bool | None, colbert: bool | None) -> dict[str, Any]:
+        return {
+            "return_dense": self.return_dense if dense is None else dense,
+            "return_sparse": self.return_sparse if sparse is None else sparse,
+            "return_colbert_vecs": self.return_colbert_vecs if colbert is None else colbert,
+        }
+
+    def encode_queries(  # type: ignore[override]
+        self,
+        queries: str | list[str],
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        return_dense: bool | None = None,
+        return_sparse: bool | None = None,
+        return_colbert_vecs: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs.pop("convert_to_numpy", None)
+        flags = self._flags(return_dense, return_sparse, return_colbert_vecs)
+        return super().encode_queries(queries, batch_size=batch_size, max_length=max_length, **flags, **kwargs)
+
+    def encode_corpus(  # type: ignore[override]
+        self,
+        corpus: Any,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        return_dense: bool | None = None,
+        return_sparse: bool | None = None,
+        return_colbert_vecs: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs.pop("convert_to_numpy", None)
+        flags = self._flags(return_dense, return_sparse, return_colbert_vecs)
+        return super().encode_corpus(corpus, batch_size=batch_size, max_length=max_length, **flags, **kwargs)
+
+    def encode(  # type: ignore[override]
+        self,
+        sentences: str | list[str],
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        return_dense: bool | None = None,
+        return_sparse: bool | None = None,
+        return_colbert_vecs: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs.pop("convert_to_numpy", None)
+        flags = self._flags(return_dense, return_sparse, return_colbert_vecs)
+        return super().encode(sentences, batch_size=batch_size, max_length=max_length, **flags, **kwargs)
+
+    def compute_score(  # type: ignore[override]
+        self,
+        sentence_pairs: Any,
+        batch_size: int | None = None,
+        max_query_length: int | None = None,
+        max_passage_length: int | None = None,
+        weights_for_different_modes: list[float] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        return super().compute_score(
+            sentence_pairs,
+            batch_size=batch_size,
+            max_query_length=max_query_length,
+            max_passage_length=max_passage_length,
+            weights_for_different_modes=weights_for_different_modes,
+            **kwargs,
+        )
+
+
+def _llm_kwargs(where: str, kwargs: dict[str, Any], defaults: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    _unescape_formats(kwargs)
+    converted = _flag_kwargs_to_bgekit(where, kwargs, defaults, extra)
+    if converted["dtype"] is None:
+        converted["dtype"] = "fp32"  # use_fp16=False means fp32 in FlagEmbedding, not bgekit's bf16 LLM default
+    # FlagEmbedding tokenizes as the tokenizer does, with no EOS of its own
+    converted.setdefault("append_eos", False)
+    return converted
+
+
+class FlagLLMModel(Embedder):
+    """FlagEmbedding's ``FlagLLMModel``: a decoder-only embedder pooled on the last token.
+
+    Defaults are FlagEmbedding's: ``"Instruct: {}\\nQuery: {}"`` query format, normalised, max length 512,
+    batch size 256, fp16 requested (fp32 on CPU), and no EOS appended beyond what the tokenizer adds.
+
+    Example:
+        >>> model = FlagLLMModel("BAAI/bge-multilingual-gemma2",
+        ...     query_instruction_for_retrieval="Given a web search query, retrieve relevant passages.",
+        ...     query_instruction_format="<instruct>{}\\n<query>{}")   # doctest: +SKIP
+    """
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        self._convert_to_numpy = kwargs.pop("convert_to_numpy", True)
+        defaults = {
+            "normalize_embeddings": True,
+            "use_fp16": True,
+            "pooling_method": "last_token",
+            "query_instruction_format": "Instruct: {}\nQuery: {}",
+            "batch_size": 256,
+            "query_max_length": 512,
+            "passage_max_length": 512,
+            "kind": "decoder",
+        }
+        super().__init__(model_name_or_path, **_llm_kwargs("FlagLLMModel", kwargs, defaults))
+
+    def _encode_validated(self, texts: list[str], single: bool, **kwargs: Any) -> Any:
+        kwargs.setdefault("convert_to_numpy", self._convert_to_numpy)
+        return super()._encode_validated(texts, single, **kwargs)
+
+
+class FlagICLModel(FlagLLMModel):
+    """FlagEmbedding's ``FlagICLModel`` (bge-en-icl): few-shot examples before each query.
+
+    ``examples_for_task`` is a list of ``{"instruct", "query", "response"}`` dicts; each becomes
+    ``examples_instruction_format`` and they are joined by blank lines before the query, which ends with
+    ``suffix`` (``"\\n<response>"``). Passages are encoded plain.
+
+    Example:
+        >>> model = FlagICLModel("BAAI/bge-en-icl", examples_for_task=[
+        ...     {"instruct": "Given a claim, find documents.", "query": "q", "response": "p"}])   # doctest: +SKIP
+    """
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        suffix = kwargs.pop("suffix", "\n<response>")
+        example_format = kwargs.pop("examples_instruction_format", "<instruct>{}\n<query>{}\n<response>{}")
+        self._convert_to_numpy = kwargs.pop("convert_to_numpy", True)
+        defaults = {
+            "normalize_embeddings": True,
+            "use_fp16": True,
+            "pooling_method": "last_token",
+            "query_instruction_format": "<instruct>{}\n<query>{}",
+            "batch_size": 256,
+            "query_max_length": 512,
+            "passage_max_length": 512,
+            "kind": "icl",
+        }
+        Embedder.__init__(self, model_name_or_path, **_llm_kwargs("FlagICLModel", kwargs, defaults, _ICL_ARGS))
+        self.icl_suffix = suffix.replace("\\n", "\n")
+        self.examples_instruction_format = example_format.replace("\\n", "\n")

@@ -11,6 +11,8 @@ from typing import Any
 _BGE_EN = "Represent this sentence for searching relevant passages: "
 _BGE_ZH = "为这个句子生成表示以用于检索相关文章："
 _WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query."
+# e5-mistral, Qwen3-Embedding, gte-Qwen2, SFR and Linq write the task without the final period
+_WEB_SEARCH_E5 = "Given a web search query, retrieve relevant passages that answer the query"
 
 
 
@@ -64,6 +66,7 @@ _add(
     query_instruction=_WEB_SEARCH,
     query_instruction_format="<instruct>{}\n<query>{}",
     dtype="bf16",
+    append_eos=True,  # FlagICLModel budgets a final </s>; a no-op where the tokenizer adds it
 )
 _add(
     [f"intfloat/e5-{size}-v2" for size in ("small", "base", "large")]
@@ -76,13 +79,36 @@ _add(
     passage_max_length=512,
 )
 _add(
-    ["intfloat/e5-mistral-7b-instruct"],
+    [
+        "intfloat/e5-mistral-7b-instruct",
+        "Salesforce/SFR-Embedding-Mistral",
+        "Salesforce/SFR-Embedding-2_R",
+        "Linq-AI-Research/Linq-Embed-Mistral",
+    ],
     kind="decoder",
     pooling="last_token",
     normalize=True,
-    query_instruction=_WEB_SEARCH,
+    query_instruction=_WEB_SEARCH_E5,
     query_instruction_format="Instruct: {}\nQuery: {}",
     dtype="bf16",
+    append_eos=True,  # the published usage appends </s> to every input
+)
+_add(
+    ["BAAI/bge-reasoner-embed-qwen3-8b-0923"],
+    kind="decoder",
+    pooling="last_token",
+    normalize=True,
+    query_instruction_format="Instruct: {}\nQuery: {}",
+    dtype="bf16",
+)
+_add(
+    ["intfloat/multilingual-e5-large-instruct"],
+    pooling="mean",
+    normalize=True,
+    query_instruction=_WEB_SEARCH_E5,
+    query_instruction_format="Instruct: {}\nQuery: {}",
+    query_max_length=512,
+    passage_max_length=512,
 )
 _add(
     [f"thenlper/gte-{size}" for size in ("small", "base", "large")],
@@ -96,7 +122,7 @@ _add(
     kind="decoder",
     pooling="last_token",
     normalize=True,
-    query_instruction=_WEB_SEARCH,
+    query_instruction=_WEB_SEARCH_E5,
     query_instruction_format="Instruct: {}\nQuery:{}",
     padding_side="left",
     dtype="bf16",
@@ -106,7 +132,7 @@ _add(
     kind="decoder",
     pooling="last_token",
     normalize=True,
-    query_instruction=_WEB_SEARCH,
+    query_instruction=_WEB_SEARCH_E5,
     query_instruction_format="Instruct: {}\nQuery: {}",
     dtype="bf16",
 )
