@@ -48,24 +48,35 @@ class DataArguments:
     train_group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + negatives"})
     query_max_len: int = field(default=32, metadata={"help": "query token limit"})
     passage_max_len: int = field(default=128, metadata={"help": "passage token limit"})
-    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "pad lengths to a multiple of this"})
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "pad lengths to a multiple of this"}
+    )
     max_example_num_per_dataset: int | None = field(default=None, metadata={"help": "subsample each dataset"})
     query_instruction_for_retrieval: str | None = field(default=None, metadata={"help": "query instruction"})
     query_instruction_format: str = field(default="{}{}", metadata={"help": "how instruction and query join"})
-    passage_instruction_for_retrieval: str | None = field(default=None, metadata={"help": "passage instruction"})
-    passage_instruction_format: str = field(default="{}{}", metadata={"help": "how instruction and passage join"})
+    passage_instruction_for_retrieval: str | None = field(
+        default=None, metadata={"help": "passage instruction"}
+    )
+    passage_instruction_format: str = field(
+        default="{}{}", metadata={"help": "how instruction and passage join"}
+    )
     knowledge_distillation: bool = field(
         default=False, metadata={"help": "distil from the lines' pos_scores/neg_scores (teacher scores)"}
     )
-    shuffle_ratio: float = field(default=0.0, metadata={"help": "probability of shuffling a positive's thirds"})
+    shuffle_ratio: float = field(
+        default=0.0, metadata={"help": "probability of shuffling a positive's thirds"}
+    )
     same_dataset_within_batch: bool = field(
         default=False, metadata={"help": "every batch from one dataset (needed for per-dataset group sizes)"}
     )
     eval_dataset: str | None = field(
-        default=None, metadata={"help": "BEIR-style folder (corpus.jsonl, queries.jsonl, qrels/) to evaluate on"}
+        default=None,
+        metadata={"help": "BEIR-style folder (corpus.jsonl, queries.jsonl, qrels/) to evaluate on"},
     )
     eval_split: str = field(default="dev", metadata={"help": "qrels split of --eval_dataset"})
-    eval_max_corpus: int | None = field(default=None, metadata={"help": "keep only this many corpus documents"})
+    eval_max_corpus: int | None = field(
+        default=None, metadata={"help": "keep only this many corpus documents"}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.train_data, str):
@@ -77,7 +88,9 @@ class DataArguments:
                 raise ConfigError(f"--{name} {getattr(self, name)} must be positive")
         for name in ("query_instruction_format", "passage_instruction_format"):
             if getattr(self, name).count("{}") != 2:
-                raise ConfigError(f"--{name} {getattr(self, name)!r} needs exactly two '{{}}' (instruction, text)")
+                raise ConfigError(
+                    f"--{name} {getattr(self, name)!r} needs exactly two '{{}}' (instruction, text)"
+                )
 
 
 @dataclass
@@ -94,8 +107,12 @@ class EmbedderTrainingArguments(TrainingArguments):
         default="kl_div", metadata={"help": "distillation loss: kl_div or m3_kd_loss"}
     )
     use_mrl: bool = field(default=False, metadata={"help": "Matryoshka representation learning"})
-    mrl_dims: list[int] = field(default_factory=list, metadata={"help": "Matryoshka dimensions", "nargs": "+"})
-    grad_cache: bool = field(default=False, metadata={"help": "GradCache: large contrastive batches in chunks"})
+    mrl_dims: list[int] = field(
+        default_factory=list, metadata={"help": "Matryoshka dimensions", "nargs": "+"}
+    )
+    grad_cache: bool = field(
+        default=False, metadata={"help": "GradCache: large contrastive batches in chunks"}
+    )
     gc_chunk_size: int = field(default=32, metadata={"help": "texts per forward pass with --grad_cache"})
     fix_position_embedding: bool = field(default=False, metadata={"help": "freeze position embeddings"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: bgekit builds batches"})

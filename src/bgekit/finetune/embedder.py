@@ -80,7 +80,11 @@ def build_trainer(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model = load_pretrained(
-        AutoModel, folder, dtype=torch.float32, device="cpu", trust_remote_code=model_args.trust_remote_code
+        AutoModel,
+        folder,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        trust_remote_code=model_args.trust_remote_code,
     )
     model.train()
     if training_args.fix_position_embedding:
@@ -110,7 +114,10 @@ def build_trainer(
             seed=training_args.data_seed or training_args.seed,
         ),
     )
-    if not data_args.same_dataset_within_batch and len({dataset.group_size_of(i) for i in range(len(sources))}) > 1:
+    if (
+        not data_args.same_dataset_within_batch
+        and len({dataset.group_size_of(i) for i in range(len(sources))}) > 1
+    ):
         raise ConfigError(
             "the training datasets set different group sizes (a 'type' or 'train_group_size' field); "
             "add --same_dataset_within_batch so each batch comes from one dataset"
@@ -178,11 +185,13 @@ def train(
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     if trainer.is_world_process_zero():
-        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
+        trainer.state.save_to_json(os.path.join(str(training_args.output_dir), "trainer_state.json"))
     return trainer
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, EmbedderTrainingArguments]:
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, EmbedderTrainingArguments]:
     """Parse command-line arguments (ours plus every ``TrainingArguments`` option)."""
     from transformers import HfArgumentParser
 

@@ -58,7 +58,10 @@ def split_features(features: dict[str, torch.Tensor], chunk_size: int) -> list[d
         [2, 2, 1]
     """
     rows = next(iter(features.values())).shape[0]
-    return [{k: v[start : start + chunk_size] for k, v in features.items()} for start in range(0, rows, chunk_size)]
+    return [
+        {k: v[start : start + chunk_size] for k, v in features.items()}
+        for start in range(0, rows, chunk_size)
+    ]
 
 
 def grad_cache_step(
@@ -114,10 +117,11 @@ def grad_cache_step(
                 no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
             )
             with sync, state:
-                reps = encode(chunk)
-                rows = reps.shape[0]
-                surrogate = (reps * (grad[offset : offset + rows] * loss_scale).to(reps.dtype)).sum()
+                chunk_reps = encode(chunk)
+                rows = chunk_reps.shape[0]
+                surrogate = (
+                    chunk_reps * (grad[offset : offset + rows] * loss_scale).to(chunk_reps.dtype)
+                ).sum()
                 surrogate.backward()
             offset += rows
     return loss.detach()
-

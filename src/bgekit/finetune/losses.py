@@ -93,7 +93,9 @@ def kl_div_loss(student_scores: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return -(torch.log_softmax(student_scores, dim=-1) * targets).sum(dim=-1).mean()
 
 
-def m3_kd_loss(scores: torch.Tensor, targets: torch.Tensor, group_size: int, *, in_batch: bool = True) -> torch.Tensor:
+def m3_kd_loss(
+    scores: torch.Tensor, targets: torch.Tensor, group_size: int, *, in_batch: bool = True
+) -> torch.Tensor:
     """BGE-M3's distillation loss: one cross-entropy per group member, weighted by the teacher.
 
     For each member ``k`` of query ``i``'s group (column ``c_ik = i*G + k`` of the (B, B*G) scores, or
@@ -152,7 +154,11 @@ def embedder_loss(
         raise ConfigError(f"{p.shape[0]} passages are not a whole number of groups for {q.shape[0]} queries")
     group_size = p.shape[0] // q.shape[0]
     if teacher_scores is None:
-        return in_batch_infonce(q, p, temperature) if in_batch_negatives else own_group_infonce(q, p, temperature)
+        return (
+            in_batch_infonce(q, p, temperature)
+            if in_batch_negatives
+            else own_group_infonce(q, p, temperature)
+        )
     if teacher_scores.shape != (q.shape[0], group_size):
         raise ConfigError(
             f"teacher scores have shape {tuple(teacher_scores.shape)}; expected ({q.shape[0]}, {group_size})"
@@ -228,7 +234,9 @@ def matryoshka_embeddings(
     out = []
     for dim in dims:
         if dim <= 0 or dim > q.shape[1]:
-            raise ConfigError(f"mrl_dims contains {dim}; each must be between 1 and the model dimension {q.shape[1]}")
+            raise ConfigError(
+                f"mrl_dims contains {dim}; each must be between 1 and the model dimension {q.shape[1]}"
+            )
         qd, pd = q[:, :dim], p[:, :dim]
         if normalize:
             qd, pd = F.normalize(qd, dim=-1), F.normalize(pd, dim=-1)

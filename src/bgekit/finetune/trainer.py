@@ -64,12 +64,14 @@ class GroupTrainer(Trainer):
         if self.same_dataset_within_batch and isinstance(dataset, GroupDataset):
             global_batch = self.args.per_device_train_batch_size * self.args.world_size
             return SameDatasetBatchSampler(
-                [len(s.rows) for s in dataset.sources], global_batch, seed=self.args.data_seed or self.args.seed
+                [len(s.rows) for s in dataset.sources],
+                global_batch,
+                seed=self.args.data_seed or self.args.seed,
             )
         return super()._get_train_sampler(dataset)  # type: ignore[arg-type]
 
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        output_dir = str(output_dir if output_dir is not None else self.args.output_dir)
         super()._save(output_dir, state_dict=state_dict)
         if self.saved_settings:
             write_saved_settings(output_dir, self.settings_kind, self.saved_settings)
@@ -137,10 +139,14 @@ class EmbedderTrainer(GroupTrainer):
     ) -> Any:
         q = self.encode(model, inputs["queries"])
         p = self.encode(model, inputs["passages"])
-        loss = self.loss_from_embeddings(q, p, inputs.get("teacher_scores"), bool(inputs.get("no_in_batch_neg")))
+        loss = self.loss_from_embeddings(
+            q, p, inputs.get("teacher_scores"), bool(inputs.get("no_in_batch_neg"))
+        )
         return (loss, {"q_reps": q, "p_reps": p}) if return_outputs else loss
 
-    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    def training_step(
+        self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         if not getattr(self.args, "grad_cache", False):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
