@@ -53,7 +53,9 @@ def _train_bpe_json(specials: tuple[str, ...], byte_level: bool, vocab_size: int
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         alphabet = []
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), initial_alphabet=alphabet)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(specials), initial_alphabet=alphabet
+    )
     tok.train_from_iterator(_training_texts(), trainer=trainer)
     return str(tok.to_str())
 
@@ -132,7 +134,12 @@ def build_decoder_tokenizer(arch: str, *, padding_side: str = "right", add_eos: 
     tok.post_processor = processors.TemplateProcessing(
         single=single, special_tokens=[(t, tok.token_to_id(t)) for t in used]
     )
-    kwargs: dict[str, Any] = {"eos_token": eos, "padding_side": padding_side, "model_max_length": 512}
+    kwargs: dict[str, Any] = {
+        "eos_token": eos,
+        "padding_side": padding_side,
+        "model_max_length": 512,
+        "model_input_names": ["input_ids", "attention_mask"],
+    }
     if bos:
         kwargs["bos_token"] = bos
     if pad:
