@@ -1,0 +1,112 @@
+"""The batching engine: input order, token budget, out-of-memory back-off, padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgekit.engine import BatchEngine, is_out_of_memory, pad_sequences
+
+
+@given(st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=200), st.integers(1, 64))
+@settings(max_examples=60, deadline=None)
+def test_outputs_come_back_in_input_order_and_budget_holds(lengths: list[int], batch_size: int) -> None:
+    budget = 1024
+    seen_batches: list[list[int]] = []
+
+    def step(indices: list[int]) -> torch.Tensor:
+        seen_batches.append(indices)
+        return torch.tensor([[i, lengths[i]] for i in indices])
+
+    out = BatchEngine(batch_size=batch_size, max_tokens_per_batch=budget).run(lengths, step)
+    assert out[:, 0].tolist() == list(range(len(lengths)))
+    assert sorted(i for b in seen_batches for i in b) == list(range(len(lengths)))
+    for batch in seen_batches:
+        assert len(batch) <= batch_size
+        padded = max(lengths[i] for i in batch) * len(batch)
+        assert padded <= budget or len(batch) == 1  # a single over-long input still runs
+
+
+def test_batches_are_length_sorted_longest_first() -> None:
+    lengths = [5, 50, 7, 500, 1]
+    batches: list[list[int]] = []
+    BatchEngine(batch_size=2).run(lengths, lambda idx: batches.append(idx) or [0] * len(idx))
+    assert batches == [[3, 1], [2, 0], [4]]
+
+
+def test_lists_dicts_and_arrays_are_reassembled() -> None:
+    lengths = [3, 9, 1, 4]
+    out = BatchEngine(batch_size=3).run(
+        lengths,
+        lambda idx: {"vec": np.array([[i] for i in idx]), "tokens": [list(range(i)) for i in idx]},
+    )
+    assert out["vec"][:, 0].tolist() == [0, 1, 2, 3]
+    assert out["tokens"] == [[], [0], [0, 1], [0, 1, 2]]
+
+
+def test_out_of_memory_backs_off_then_grows_back() -> None:
+    calls: list[int] = []
+
+    def step(indices: list[int]) -> list[int]:
+        calls.append(len(indices))
+        if len(indices) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return list(indices)
+
+    engine = BatchEngine(batch_size=32, grow_after=2)
+    out = engine.run([10] * 100, step)
+    assert out == list(range(100))
+    assert calls[:3] == [32, 16, 8]  # halves until it fits
+    first_fit = calls.index(8)
+    assert any(c > 8 for c in calls[first_fit:])  # then tries to grow back
+    assert engine.backoffs == sum(c > 8 for c in calls)
+
+
+def test_other_errors_are_never_retried() -> None:
+    calls: list[int] = []
+
+    def step(indices: list[int]) -> list[int]:
+        calls.append(len(indices))
+        raise ValueError("shape mismatch")
+
+    with pytest.raises(ValueError, match="shape mismatch"):
+        BatchEngine(batch_size=16).run([3] * 40, step)
+    assert calls == [16]
+
+
+def test_out_of_memory_at_the_floor_is_raised() -> None:
+    def step(indices: list[int]) -> list[int]:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+
+    with pytest.raises(RuntimeError, match="allocate"):
+        BatchEngine(batch_size=4, min_batch_size=1).run([3] * 5, step)
+
+
+def test_is_out_of_memory_classifies() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("x"))
+    assert is_out_of_memory(RuntimeError("CUDA out of memory"))
+    assert not is_out_of_memory(RuntimeError("expected scalar type Float"))
+    assert not is_out_of_memory(KeyError("input_ids"))
+
+
+def test_empty_input_runs_nothing() -> None:
+    assert BatchEngine().run([], lambda idx: pytest.fail("called")) == []
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pad_sequences(side: str) -> None:
+    batch = pad_sequences(
+        [{"input_ids": [5, 6, 7], "token_type_ids": [0, 1, 1]}, {"input_ids": [8], "token_type_ids": [0]}],
+        pad_token_id=0,
+        padding_side=side,
+    )
+    if side == "right":
+        assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+        assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    else:
+        assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+        assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["token_type_ids"].shape == (2, 3)
