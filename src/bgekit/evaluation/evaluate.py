@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from bgekit.errors import ConfigError, InputError
+from bgekit.errors import ConfigError, DataFormatError, InputError
 from bgekit.evaluation.cache import EvalCache, settings_hash
 from bgekit.evaluation.datasets import (
+    BEIR_LAYOUT_HELP,
     RetrievalDataset,
     find_dataset_folders,
     is_dataset_folder,
@@ -139,7 +140,11 @@ def resolve_datasets(specs: Any, split: str) -> list[RetrievalDataset]:
         elif path.lower() in known_descriptor_names():
             datasets.append(get_descriptor(path).load(split=split))
         else:
-            load_dataset(path, split)  # raises: the path and the expected layout
+            raise DataFormatError(
+                f"not a dataset folder nor a known dataset name; {BEIR_LAYOUT_HELP}; "
+                f"known dataset names: {', '.join(known_descriptor_names())}",
+                path,
+            )
     names = [d.name for d in datasets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -23,6 +23,9 @@ DEFAULT_TABLE_METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_10"
 def _table_metrics(results: Sequence[StageResult], metrics: Sequence[str] | None) -> list[str]:
     available = set.intersection(*(set(r.scores) for r in results)) if results else set()
     chosen = list(metrics) if metrics is not None else [m for m in DEFAULT_TABLE_METRICS if m in available]
+    main_names = {r.main_score_name for r in results}
+    if len(main_names) == 1:  # already the first column
+        chosen = [m for m in chosen if m not in main_names]
     return chosen
 
 
