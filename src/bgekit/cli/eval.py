@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from bgekit.evaluation.metrics import DEFAULT_K_VALUES
 
@@ -55,9 +56,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # progress lines from bgekit only (faiss and others log at INFO on import)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log = logging.getLogger("bgekit")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        result = _evaluate(args)
+    finally:
+        log.removeHandler(handler)
+    if args.format == "json":
+        print(json.dumps([r.to_dict(include_per_query=False) for r in result.results], indent=2))
+    else:
+        print(result.to_markdown(args.metrics), end="")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> Any:
     from bgekit.evaluation import evaluate
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     embedder_kwargs = {
         key: value
         for key, value in {
@@ -76,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.trust_remote_code:
         embedder_kwargs["trust_remote_code"] = True
     embedder_kwargs["show_progress"] = not args.no_progress
-    result = evaluate(
+    return evaluate(
         args.model,
         args.dataset,
         split=args.split,
@@ -95,8 +113,3 @@ def run(args: argparse.Namespace) -> int:
         embedder_kwargs=embedder_kwargs,
         show_progress=False if args.no_progress else None,
     )
-    if args.format == "json":
-        print(json.dumps([r.to_dict(include_per_query=False) for r in result.results], indent=2))
-    else:
-        print(result.to_markdown(args.metrics), end="")
-    return 0
