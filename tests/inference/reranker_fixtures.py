@@ -83,7 +83,7 @@ def build_unigram_tokenizer(texts: list[str], folder: Path) -> Any:
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(
-        texts, trainers.UnigramTrainer(vocab_size=2000, special_tokens=specials, unk_token="<unk>")
+        texts[:600], trainers.UnigramTrainer(vocab_size=1500, special_tokens=specials, unk_token="<unk>")
     )
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",

@@ -470,6 +470,8 @@ class Reranker:
             )
         kind, yes_id = self.kind, self.yes_token_id
         cutoff = options["cutoff_layers"]
+        if kind == "llm" and cutoff is not None:
+            kind = "layerwise"  # cutoff_layers for this call: score from those layers
         if kind == "layerwise" and cutoff is None:
             cutoff = [self.n_layers]
         if kind == "layerwise" and not forward_accepts(model, "cutoff_layers"):
