@@ -7,7 +7,24 @@ from pathlib import Path
 
 import pytest
 
-WORDS = "apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+WORDS = [
+    "apple",
+    "banana",
+    "cherry",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+]
 
 
 def toy_rows(n: int = 8, negatives: int = 4, scores: bool = False) -> list[dict]:
@@ -17,7 +34,9 @@ def toy_rows(n: int = 8, negatives: int = 4, scores: bool = False) -> list[dict]
         row: dict = {
             "query": f"what is {w}?",
             "pos": [f"{w} is a word about {w} things"],
-            "neg": [f"{WORDS[(i + k + 1) % len(WORDS)]} is unrelated text number {k}" for k in range(negatives)],
+            "neg": [
+                f"{WORDS[(i + k + 1) % len(WORDS)]} is unrelated text number {k}" for k in range(negatives)
+            ],
         }
         if scores:
             row["pos_scores"] = [5.0]

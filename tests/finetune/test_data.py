@@ -26,7 +26,13 @@ def write(path: Path, rows: list[object]) -> str:
     return str(path)
 
 
-ROW = {"query": "q", "pos": ["p1", "p2"], "neg": ["n1", "n2", "n3"], "pos_scores": [3.0, 2.0], "neg_scores": [1, 0, -1]}
+ROW = {
+    "query": "q",
+    "pos": ["p1", "p2"],
+    "neg": ["n1", "n2", "n3"],
+    "pos_scores": [3.0, 2.0],
+    "neg_scores": [1, 0, -1],
+}
 
 
 @pytest.mark.parametrize(
@@ -56,7 +62,9 @@ def test_teacher_scores_of_wrong_length_name_the_line(tmp_path: Path) -> None:
     assert len(load_sources(path)[0].rows) == 3
 
 
-def test_few_negatives_sampled_with_repetition_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_few_negatives_sampled_with_repetition_and_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write(tmp_path / "short.jsonl", [{"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}])
     with caplog.at_level(logging.WARNING):
         sources = load_sources(path, train_group_size=6)

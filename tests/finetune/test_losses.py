@@ -80,20 +80,31 @@ def hand_m3_kd(q, p, teacher, tau):  # type: ignore[no-untyped-def]
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), b=st.integers(1, 4), g=st.integers(1, 4), tau=st.sampled_from([0.02, 0.05, 1.0]))
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(1, 4),
+    g=st.integers(1, 4),
+    tau=st.sampled_from([0.02, 0.05, 1.0]),
+)
 def test_in_batch_and_own_group_infonce_match_formula(seed: int, b: int, g: int, tau: float) -> None:
     q, p, _ = _batch(seed, b, g)
     assert float(losses.in_batch_infonce(q, p, tau)) == pytest.approx(hand_in_batch(q, p, tau), rel=1e-9)
-    assert float(losses.own_group_infonce(q, p, tau)) == pytest.approx(hand_own_group(q, p, tau), rel=1e-9, abs=1e-12)
+    assert float(losses.own_group_infonce(q, p, tau)) == pytest.approx(
+        hand_own_group(q, p, tau), rel=1e-9, abs=1e-12
+    )
     # embedder_loss dispatches to them without a teacher
-    assert float(losses.embedder_loss(q, p, temperature=tau)) == pytest.approx(hand_in_batch(q, p, tau), rel=1e-9)
+    assert float(losses.embedder_loss(q, p, temperature=tau)) == pytest.approx(
+        hand_in_batch(q, p, tau), rel=1e-9
+    )
     assert float(losses.embedder_loss(q, p, temperature=tau, in_batch_negatives=False)) == pytest.approx(
         hand_own_group(q, p, tau), rel=1e-9, abs=1e-12
     )
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), b=st.integers(1, 4), g=st.integers(1, 4), tau=st.sampled_from([0.05, 1.0]))
+@given(
+    seed=st.integers(0, 10_000), b=st.integers(1, 4), g=st.integers(1, 4), tau=st.sampled_from([0.05, 1.0])
+)
 def test_knowledge_distillation_losses_match_formula(seed: int, b: int, g: int, tau: float) -> None:
     q, p, teacher = _batch(seed, b, g)
     kd = losses.embedder_loss(q, p, temperature=tau, teacher_scores=teacher, kd_loss_type="kl_div")
@@ -122,7 +133,10 @@ def test_m3_kd_loss_own_group_uses_group_columns() -> None:
 
 def test_matryoshka_loss_is_mean_over_truncated_normalised_dims() -> None:
     gen = torch.Generator().manual_seed(0)
-    q, p = torch.randn(2, 8, generator=gen, dtype=torch.float64), torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    q, p = (
+        torch.randn(2, 8, generator=gen, dtype=torch.float64),
+        torch.randn(6, 8, generator=gen, dtype=torch.float64),
+    )
     expected = 0.0
     for dim in (2, 4, 8):
         qd = q[:, :dim] / q[:, :dim].norm(dim=-1, keepdim=True)

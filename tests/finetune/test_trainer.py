@@ -26,7 +26,9 @@ def losses_of(trainer: object) -> list[float]:
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]  # type: ignore[attr-defined]
 
 
-def test_training_lowers_loss_and_saves_loadable_model(tiny_bert_dir: str, toy_train_file: str, tmp_path: Path) -> None:
+def test_training_lowers_loss_and_saves_loadable_model(
+    tiny_bert_dir: str, toy_train_file: str, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     trainer = run_training(
         tiny_bert_dir, toy_train_file, out, "--num_train_epochs", "8", "--learning_rate", "1e-3",
@@ -40,7 +42,9 @@ def test_training_lowers_loss_and_saves_loadable_model(tiny_bert_dir: str, toy_t
     vectors = model.encode_queries(["what is apple?"])
     assert vectors.shape == (1, 32) and np.isfinite(vectors).all()
     # the base model gives different vectors: the weights were trained and saved
-    assert not np.allclose(vectors, Embedder(tiny_bert_dir, device="cpu", pooling="mean").encode_queries(["what is apple?"]))
+    assert not np.allclose(
+        vectors, Embedder(tiny_bert_dir, device="cpu", pooling="mean").encode_queries(["what is apple?"])
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,11 +54,18 @@ def test_training_lowers_loss_and_saves_loadable_model(tiny_bert_dir: str, toy_t
         ["--knowledge_distillation", "--kd_loss_type", "m3_kd_loss"],
         ["--use_mrl", "--mrl_dims", "8", "16", "32"],
         ["--grad_cache", "--gc_chunk_size", "3"],
-        ["--same_dataset_within_batch", "--query_instruction_for_retrieval", "Q: ", "--fix_position_embedding"],
+        [
+            "--same_dataset_within_batch",
+            "--query_instruction_for_retrieval",
+            "Q: ",
+            "--fix_position_embedding",
+        ],
     ],
     ids=["kl_div", "m3_kd_loss", "matryoshka", "grad_cache", "same_dataset"],
 )
-def test_training_options_run(tiny_bert_dir: str, toy_train_file: str, tmp_path: Path, options: list[str]) -> None:
+def test_training_options_run(
+    tiny_bert_dir: str, toy_train_file: str, tmp_path: Path, options: list[str]
+) -> None:
     trainer = run_training(tiny_bert_dir, toy_train_file, tmp_path / "out", "--max_steps", "2", *options)
     losses = losses_of(trainer)
     assert len(losses) == 2 and all(np.isfinite(losses))
@@ -69,7 +80,9 @@ def test_bad_arguments_are_config_errors(tiny_bert_dir: str, toy_train_file: str
     with pytest.raises(ConfigError, match="--temperature"):
         run_training(tiny_bert_dir, toy_train_file, tmp_path / "o", "--temperature", "0")
     with pytest.raises(ConfigError, match="no such checkpoint"):
-        run_training(tiny_bert_dir, toy_train_file, tmp_path / "o", "--resume_from_checkpoint", str(tmp_path / "nope"))
+        run_training(
+            tiny_bert_dir, toy_train_file, tmp_path / "o", "--resume_from_checkpoint", str(tmp_path / "nope")
+        )
 
 
 def test_cli_forwards_to_the_entry_point(tiny_bert_dir: str, toy_train_file: str, tmp_path: Path) -> None:

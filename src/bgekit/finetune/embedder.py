@@ -87,6 +87,12 @@ def build_trainer(
         trust_remote_code=model_args.trust_remote_code,
     )
     model.train()
+    for name, param in model.named_parameters():
+        if name.startswith("pooler."):
+            # BERT's pooler head is not part of the embedding; freezing it lets DDP skip unused-parameter search
+            param.requires_grad_(False)
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False
     if training_args.fix_position_embedding:
         for name, param in model.named_parameters():
             if "position_embeddings" in name:

@@ -1,0 +1,82 @@
+"""Teacher scores: pos_scores / neg_scores from a reranker, aligned with the passages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bgekit.errors import DataFormatError, InputError
+from bgekit.finetune.data import load_sources
+from bgekit.finetune.scoring import score_file, score_rows
+
+
+class LengthScorer:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def compute_score(self, sentence_pairs: list[tuple[str, str]], **kwargs: object) -> list[float]:
+        self.calls += 1
+        return [float(len(q) + len(p)) for q, p in sentence_pairs]
+
+
+def test_scores_align_with_passages(tmp_path: Path) -> None:
+    rows = [
+        {"query": "qq", "pos": ["a", "bbb"], "neg": ["cc"]},
+        {"query": "q", "pos": ["dddd"], "neg": ["e", "ff"]},
+    ]
+    scorer = LengthScorer()
+    scored = score_rows(scorer, rows, lines_per_call=1)
+    assert scored[0]["pos_scores"] == [3.0, 5.0] and scored[0]["neg_scores"] == [4.0]
+    assert scored[1]["pos_scores"] == [5.0] and scored[1]["neg_scores"] == [2.0, 3.0]
+    assert scorer.calls == 2 and "pos_scores" not in rows[0]
+
+
+def test_score_file_output_trains_with_distillation(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert score_file(LengthScorer(), str(src), str(out)) == 1
+    assert load_sources(str(out), knowledge_distillation=True, train_group_size=3)[0].rows[0][
+        "neg_scores"
+    ] == [3.0, 3.0]
+
+
+def test_bad_input_and_bad_scorer(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"query": "q", "pos": ["p"]}) + "\n" + json.dumps({"query": "q"}) + "\n")
+    with pytest.raises(DataFormatError, match="in.jsonl:2: missing field 'pos'"):
+        score_file(LengthScorer(), str(src), str(tmp_path / "o.jsonl"))
+
+    class Short:
+        def compute_score(self, sentence_pairs: object, **kwargs: object) -> list[float]:
+            return [1.0]
+
+    with pytest.raises(InputError, match="returned 1 scores for 2 pairs"):
+        score_rows(Short(), [{"query": "q", "pos": ["p"], "neg": ["n"]}])
+
+
+def test_score_cli_with_a_real_reranker(tmp_path: Path, minilm_tokenizer_dir: str) -> None:
+    reranker_module = pytest.importorskip("bgekit.inference.reranker")
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path / "tiny-reranker"
+    tok = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    config = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=1,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"query": "q", "pos": ["p one"], "neg": ["n one", "n two"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    from bgekit.cli.main import main
+
+    assert main(["score", "--reranker", str(folder), "--input", str(src), "--output", str(out)]) == 0
+    row = json.loads(out.read_text())
+    direct = reranker_module.Reranker(str(folder), device="cpu").compute_score(
+        [("q", "p one"), ("q", "n one"), ("q", "n two")]
+    )
+    assert row["pos_scores"] + row["neg_scores"] == pytest.approx(list(direct), abs=1e-5)
