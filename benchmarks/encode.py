@@ -1,0 +1,204 @@
+"""Encoding throughput and peak memory: bgekit vs sentence-transformers vs FlagEmbedding, one run.
+
+Same model (the default all-MiniLM-L6-v2 unless --model), same SciFact texts, same max length, same
+thread count. Each path runs in its own process (clean peak memory). Prints texts/second, the ratio to
+sentence-transformers fp32, peak memory, the achieved model FLOP/s as a fraction of this machine's measured
+matmul peak, and the quality of each fast path (min cosine to bgekit fp32; SciFact test nDCG@10 with exact
+search when encoding documents).
+
+    python benchmarks/encode.py                       # 5,183 documents, max length 512, 2 threads
+    python benchmarks/encode.py --what queries        # the 1,109 SciFact queries
+    python benchmarks/encode.py --limit 500 --paths st-fp32 bgekit-fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    default_model_path,
+    load_scifact,
+    matmul_peak_gflops,
+    peak_rss_mb,
+    print_table,
+    run_worker,
+)
+
+PATHS = ["st-fp32", "flag-fp32", "bgekit-fp32", "bgekit-bf16", "bgekit-int8"]
+BASELINE = "st-fp32"
+REFERENCE = "bgekit-fp32"
+
+
+def texts_for(what: str, limit: int | None) -> tuple[list[str], list[dict], list[str]]:
+    """(plain texts, bgekit corpus items or query strings, ids) for documents or queries."""
+    corpus, queries, _ = load_scifact()
+    if what == "docs":
+        rows = corpus[:limit] if limit else corpus
+        plain = [f"{r['title']} {r['text']}".strip() for r in rows]
+        return plain, [{"title": r["title"], "text": r["text"]} for r in rows], [str(r["_id"]) for r in rows]
+    rows = queries[:limit] if limit else queries
+    return [r["text"] for r in rows], [r["text"] for r in rows], [str(r["_id"]) for r in rows]
+
+
+def test_queries() -> tuple[list[str], list[str]]:
+    _, queries, qrels = load_scifact()
+    rows = [q for q in queries if str(q["_id"]) in qrels]
+    return [q["text"] for q in rows], [str(q["_id"]) for q in rows]
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    plain, items, _ = texts_for(args.what, args.limit)
+    extra_queries, _ = test_queries() if args.what == "docs" else ([], [])
+    name, length = args.worker, args.max_length
+    if name == "st-fp32":
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(args.model, device="cpu")
+        st.max_seq_length = length
+
+        def encode(texts: list, queries: bool = False) -> np.ndarray:
+            plain_texts = texts if queries or args.what == "queries" else plain_of(texts)
+            return st.encode(plain_texts, batch_size=32, normalize_embeddings=True)
+    elif name == "flag-fp32":
+        from FlagEmbedding import FlagModel
+
+        flag = FlagModel(
+            args.model, pooling_method="mean", use_fp16=False, devices=["cpu"],
+            query_max_length=length, passage_max_length=length,
+        )
+
+        def encode(texts: list, queries: bool = False) -> np.ndarray:
+            if queries or args.what == "queries":
+                return flag.encode_queries(texts)
+            return flag.encode_corpus(plain_of(texts))
+    else:
+        from bgekit import Embedder
+
+        dtype = name.split("-")[1]
+        kwargs = {"quantization": "int8", "dtype": "bf16"} if dtype == "int8" else {"dtype": dtype}
+        model = Embedder(args.model, device="cpu", query_max_length=length, passage_max_length=length, **kwargs)
+
+        def encode(texts: list, queries: bool = False) -> np.ndarray:
+            if queries or args.what == "queries":
+                return model.encode_queries(texts)
+            return model.encode_corpus(texts)
+
+    encode(items[:16])  # warm-up: first-call allocations and lazy initialisation
+    start = time.perf_counter()
+    vectors = encode(items)
+    seconds = time.perf_counter() - start
+    np.save(args.out, np.asarray(vectors, dtype=np.float32))
+    if extra_queries:
+        np.save(args.out + ".queries.npy", np.asarray(encode(extra_queries, queries=True), dtype=np.float32))
+    print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": peak_rss_mb()}))
+
+
+def plain_of(items: list) -> list[str]:
+    return [f"{i['title']} {i['text']}".strip() if isinstance(i, dict) else i for i in items]
+
+
+def model_flops(model_path: str, texts: list[str], max_length: int) -> float:
+    """Forward FLOPs of an encoder over ``texts``: 2 x linear parameters per token, plus attention."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    linear_params = layers * (4 * h * h + 2 * h * inter)
+    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]])
+    return float((2 * linear_params * lengths + layers * 4 * h * lengths.astype(np.float64) ** 2).sum())
+
+
+def ndcg_at_10(doc_ids: list[str], corpus_vecs: np.ndarray, query_ids: list[str], query_vecs: np.ndarray) -> float:
+    from bgekit.evaluation.metrics import compute_metrics
+
+    _, _, qrels = load_scifact()
+    scores = query_vecs @ corpus_vecs.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
+    run = {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(query_ids)}
+    means, _ = compute_metrics({q: qrels[q] for q in query_ids}, run, [10])
+    return means["ndcg_at_10"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--what", choices=["docs", "queries"], default="docs")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N texts")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.model = args.model or default_model_path()
+    if args.worker:
+        worker(args)
+        return
+
+    plain, _, ids = texts_for(args.what, args.limit)
+    flops = model_flops(args.model, plain, args.max_length)
+    peaks = {d: matmul_peak_gflops(d, args.threads) for d in ("fp32", "bf16")}
+    print(f"# encode benchmark: {len(plain)} SciFact {args.what}, max length {args.max_length}, "
+          f"{args.threads} threads, model {os.path.basename(os.path.dirname(args.model))}")
+    print(f"# machine matmul peak (2048^2, measured now): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s; model work {flops / 1e12:.2f} TFLOP\n")
+    results: dict[str, dict] = {}
+    vectors: dict[str, np.ndarray] = {}
+    query_vectors: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.paths:
+            out = os.path.join(tmp, f"{path}.npy")
+            worker_args = ["--worker", path, "--out", out, "--model", args.model, "--what", args.what,
+                           "--max-length", str(args.max_length), "--threads", str(args.threads)]
+            if args.limit:
+                worker_args += ["--limit", str(args.limit)]
+            try:
+                results[path] = run_worker(__file__, worker_args[1:], args.threads)
+            except RuntimeError as exc:
+                print(f"[{path}] failed: {str(exc).splitlines()[-1]}", file=sys.stderr)
+                continue
+            vectors[path] = np.load(out)
+            if os.path.exists(out + ".queries.npy"):
+                query_vectors[path] = np.load(out + ".queries.npy")
+            print(f"[{path}] {results[path]['seconds']:.1f}s", file=sys.stderr)
+    if not results:
+        sys.exit("no path ran")
+    base = results.get(BASELINE, {}).get("seconds")
+    ref = vectors.get(REFERENCE)
+    test_q, test_ids = test_queries()
+    rows = []
+    for path, res in results.items():
+        rate = res["n"] / res["seconds"]
+        dtype = "bf16" if ("bf16" in path or "int8" in path) else "fp32"
+        frac = flops / res["seconds"] / 1e9 / peaks[dtype]
+        cos = f"{float((vectors[path] * ref).sum(1).min()):.5f}" if ref is not None else "-"
+        ndcg = (
+            f"{ndcg_at_10(ids, vectors[path], test_ids, query_vectors[path]):.4f}"
+            if args.what == "docs" and path in query_vectors and not args.limit
+            else "-"
+        )
+        rows.append([
+            path, f"{rate:.1f}", f"{base / res['seconds']:.2f}x" if base else "-",
+            f"{res['peak_rss_mb']:.0f}", f"{flops / res['seconds'] / 1e9:.0f} ({frac:.0%} of {dtype} peak)",
+            cos, ndcg,
+        ])
+    print_table(
+        ["path", f"{args.what}/s", f"vs {BASELINE}", "peak MiB", "model GFLOP/s", "min cos vs fp32", "nDCG@10"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
