@@ -95,3 +95,31 @@ def test_cli_forwards_to_the_entry_point(tiny_bert_dir: str, toy_train_file: str
     ])  # fmt: skip
     assert code == 0
     assert (tmp_path / "cli" / "bgekit.json").is_file() and (tmp_path / "cli" / "model.safetensors").is_file()
+
+
+def test_evaluation_during_training_is_logged(
+    tiny_bert_dir: str, toy_train_file: str, tmp_path: Path
+) -> None:
+    import json
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    words = ["apple", "banana", "cherry", "delta", "echo", "golf"]
+    (folder / "corpus.jsonl").write_text(
+        "".join(
+            json.dumps({"_id": f"d{i}", "title": "", "text": f"{w} is a word"}) + "\n"
+            for i, w in enumerate(words)
+        )
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": f"what is {w}?"}) + "\n" for i, w in enumerate(words[:3]))
+    )
+    (folder / "qrels" / "dev.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(3))
+    )
+    trainer = run_training(
+        tiny_bert_dir, toy_train_file, tmp_path / "out", "--max_steps", "2", "--eval_dataset", str(folder),
+        "--eval_steps", "1",
+    )  # fmt: skip
+    evals = [h for h in trainer.state.log_history if "eval_ndcg_at_10" in h]  # type: ignore[attr-defined]
+    assert len(evals) == 2 and all(0.0 <= h["eval_ndcg_at_10"] <= 1.0 for h in evals)

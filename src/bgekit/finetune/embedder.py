@@ -152,7 +152,7 @@ def build_trainer(
                 max_corpus=data_args.eval_max_corpus,
             )
         )
-    return EmbedderTrainer(
+    trainer = EmbedderTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
@@ -164,6 +164,9 @@ def build_trainer(
         normalize=settings.normalize,
         callbacks=callbacks or None,
     )
+    for callback in callbacks:
+        callback.trainer = trainer  # logs its metrics with the loss
+    return trainer
 
 
 def train(
