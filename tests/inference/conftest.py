@@ -204,3 +204,17 @@ def decoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, st
                 tmp_path_factory.mktemp(f"tiny-{arch}-{side}"), arch, padding_side=side
             )
     return out
+
+
+# the reranker's tiny checkpoints and SciFact pairs (tests/inference/test_reranker*.py)
+from .reranker_fixtures import (  # noqa: E402, F401
+    bert_reranker_dir,
+    bpe_tokenizer_bos,
+    bpe_tokenizer_nobos,
+    gemma2_reranker_dir,
+    llama_reranker_dir,
+    qwen2_reranker_dir,
+    rerank_pairs,
+    scifact_texts,
+    xlmr_reranker_dir,
+)

@@ -16,15 +16,7 @@ from bgekit import AutoReranker, ConfigError, InputError, Reranker
 from bgekit.inference.rerank_inputs import CrossEncoderInputs, _reference_pair, read_pair_template
 from bgekit.models import reranker_registry
 
-from .reranker_fixtures import (  # noqa: F401  (fixtures)
-    bert_reranker_dir,
-    bpe_tokenizer_bos,
-    build_minicpm_layerwise,
-    llama_reranker_dir,
-    rerank_pairs,
-    scifact_texts,
-    xlmr_reranker_dir,
-)
+from .reranker_fixtures import build_minicpm_layerwise
 
 PAIRS = [
     ("what is a panda?", "The giant panda is a bear native to China."),

@@ -11,19 +11,10 @@ import torch
 
 from bgekit import Reranker
 
-from .reranker_fixtures import (  # noqa: F401  (fixtures)
-    bert_reranker_dir,
-    bpe_tokenizer_bos,
-    bpe_tokenizer_nobos,
+from .reranker_fixtures import (
     build_bpe_tokenizer,
     build_decoder,
     build_minicpm_layerwise,
-    gemma2_reranker_dir,
-    llama_reranker_dir,
-    qwen2_reranker_dir,
-    rerank_pairs,
-    scifact_texts,
-    xlmr_reranker_dir,
 )
 
 ATOL = 1e-4
