@@ -62,10 +62,37 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 def run(cmd: list[str], log: Path) -> float:
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as handle:
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}), see {log}: {' '.join(cmd)}")
     return time.perf_counter() - start
+
+
+def reuse_mining_embeddings(model: str, dataset: Any, work: Path) -> bool:
+    """Put the corpus embeddings ``bgekit mine`` cached into the evaluation cache (same model, same texts:
+    checked by the texts' digest), so evaluation does not encode the corpus again (minutes on CPU)."""
+    import numpy as np
+
+    from bgekit import Embedder
+    from bgekit.evaluation.cache import EvalCache
+    from bgekit.evaluation.search import DEFAULT_CORPUS_CHUNK_SIZE
+    from bgekit.finetune.mining import _texts_digest
+    from bgekit.inference.inputs import corpus_item_text
+
+    if len(dataset.corpus) > DEFAULT_CORPUS_CHUNK_SIZE:
+        return False
+    with Embedder(model, show_progress=False) as embedder:
+        key = embedder.fingerprint()
+    texts = [corpus_item_text(doc, i) for i, doc in enumerate(dataset.corpus.values())]
+    mined = work / "cache" / f"corpus-{key}-0-{_texts_digest(texts)}.npy"
+    if not mined.is_file():
+        return False
+    cache = EvalCache(str(work / "eval" / "cache"), key, dataset, DEFAULT_CORPUS_CHUNK_SIZE)
+    if cache.load_corpus_chunk(0, len(texts)) is None:
+        cache.save_corpus_chunk(0, np.load(mined))
+    return True
 
 
 def rerank_ndcg10(
@@ -77,17 +104,27 @@ def rerank_ndcg10(
 
     model = Reranker(reranker, dtype=dtype, show_progress=False) if reranker else None
     result = evaluate(
-        embedder, dataset, split=dataset.split, reranker=model, rerank_top_k=top_k, output_dir=str(out), show_progress=False
+        embedder,
+        dataset,
+        split=dataset.split,
+        reranker=model,
+        rerank_top_k=top_k,
+        output_dir=str(out),
+        show_progress=False,
     )
     stages = {r.stage: r.scores["ndcg_at_10"] for r in result.results}
     return float(stages["retrieval"]), float(stages.get("rerank", float("nan")))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", default="/tmp/bgekit-finetune-reranker-scifact", help="scratch folder")
     parser.add_argument("--data", default=str(DATA), help="SciFact in BEIR layout")
-    parser.add_argument("--model", default=None, help="embedder and reranker body (default: all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--model", default=None, help="embedder and reranker body (default: all-MiniLM-L6-v2)"
+    )
     parser.add_argument("--val-queries", type=int, default=100)
     parser.add_argument("--val-rerank-top-k", type=int, default=30, help="candidates reranked on validation")
     parser.add_argument("--rerank-top-k", type=int, default=100, help="candidates reranked on test")
@@ -99,7 +136,9 @@ def main() -> int:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--query-max-len", type=int, default=32)
     parser.add_argument("--passage-max-len", type=int, default=128)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16", help="training autocast and reranking")
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16"], default="bf16", help="training autocast and reranking"
+    )
     args = parser.parse_args()
 
     from bgekit.evaluation import RetrievalDataset, load_dataset
@@ -123,17 +162,25 @@ def main() -> int:
     ids = sorted(train_qrels)
     random.Random(0).shuffle(ids)
     val_ids, fit_ids = sorted(ids[: args.val_queries]), sorted(ids[args.val_queries :])
-    doc_text = {d: corpus_item_text({"title": r.get("title") or "", "text": r["text"]}, 0) for d, r in corpus.items()}
+    doc_text = {
+        d: corpus_item_text({"title": r.get("title") or "", "text": r["text"]}, 0) for d, r in corpus.items()
+    }
     with open(work / "train.jsonl", "w", encoding="utf-8") as handle:
         for qid in fit_ids:
             row = {"query": queries[qid], "pos": [doc_text[d] for d in train_qrels[qid] if d in doc_text]}
             handle.write(json.dumps(row) + "\n")
     corpus_docs = {d: {"title": r.get("title") or "", "text": r["text"]} for d, r in corpus.items()}
     val = RetrievalDataset(
-        "scifact-val", corpus_docs, {q: queries[q] for q in val_ids}, {q: train_qrels[q] for q in val_ids}, split="val"
+        "scifact-val",
+        corpus_docs,
+        {q: queries[q] for q in val_ids},
+        {q: train_qrels[q] for q in val_ids},
+        split="val",
     )
     test = load_dataset(str(data), split="test", name="scifact")
-    print(f"train queries: {len(fit_ids)} for fitting, {len(val_ids)} for validation; test: {len(test.queries)}")
+    print(
+        f"train queries: {len(fit_ids)} for fitting, {len(val_ids)} for validation; test: {len(test.queries)}"
+    )
 
     # 2. mining with the base embedder
     mined = work / "train_hn.jsonl"
@@ -148,6 +195,9 @@ def main() -> int:
             work / "mine.log",
         )  # fmt: skip
         print(f"mined {mined} in {timings['mine']:.0f}s", flush=True)
+    for dataset in (val, test):
+        if reuse_mining_embeddings(model, dataset, work):
+            print(f"{dataset.name}: corpus embeddings reused from mining", flush=True)
 
     # 3. fine-tune each setting from the MiniLM body, choose on validation
     best: tuple[float, str, str] | None = None
@@ -166,7 +216,9 @@ def main() -> int:
             ]  # fmt: skip
             timings[f"train {name}"] = run(cmd, work / f"train-{name}.log")
         start = time.perf_counter()
-        base_val, score = rerank_ndcg10(model, str(out), val, args.val_rerank_top_k, args.dtype, work / "eval")
+        base_val, score = rerank_ndcg10(
+            model, str(out), val, args.val_rerank_top_k, args.dtype, work / "eval"
+        )
         timings[f"validate {name}"] = time.perf_counter() - start
         print(
             f"{name}: trained in {timings.get(f'train {name}', 0):.0f}s, validation nDCG@10 = {score:.4f} "
