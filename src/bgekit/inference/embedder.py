@@ -56,6 +56,8 @@ _RUNTIME_ARGS = (
     "revision",
     "cache_dir",
     "adapter",
+    "backend",
+    "quantization",
 )
 
 LLM_KINDS = ("decoder", "icl")
@@ -157,6 +159,15 @@ class Embedder:
         self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
         self.device = resolve_device(self.devices[0])
         self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
+        self.quantization = kwargs.get("quantization")
+        if self.quantization not in (None, "int8"):
+            raise ConfigError(f"quantization={self.quantization!r} is not valid; choose None or 'int8'")
+        # int8 runs through ONNX Runtime's maintained dynamic quantisation (not torch.ao's deprecated one)
+        self.backend = kwargs.get("backend") or ("onnx" if self.quantization else "torch")
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
+        if self.quantization and self.backend != "onnx":
+            raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
 
         self.tokenizer = load_tokenizer(
             self.folder, trust_remote_code=self.trust_remote_code, padding_side=self.settings.padding_side
@@ -218,6 +229,15 @@ class Embedder:
 
     # ----------------------------------------------------------------------------------------- loading
     def _load_model(self) -> Any:
+        if self._model is None and self.backend == "onnx":
+            from bgekit.inference.onnx_backend import OnnxRunner, export_onnx
+
+            if self.settings.kind in LLM_KINDS or self.adapter is not None:
+                raise ConfigError("backend='onnx' supports encoder models (BERT, XLM-RoBERTa, M3) without adapters")
+            path = export_onnx(self.folder, "feature-extraction", self.quantization, file_fingerprint(self.folder)[:16])
+            self._model = OnnxRunner(path, "feature-extraction")
+            if self.m3_heads is not None:
+                self.m3_heads.to(self.device)
         if self._model is None:
             from transformers import AutoModel
 
@@ -292,6 +312,8 @@ class Embedder:
             show_progress=False,
             trust_remote_code=self.trust_remote_code,
             adapter=self.adapter,
+            backend=self.backend,
+            quantization=self.quantization,
         )
         return kwargs
 
@@ -726,6 +748,8 @@ class Embedder:
         Example:
             >>> model.save_pretrained("my-model/")   # doctest: +SKIP
         """
+        if self.backend != "torch":
+            raise ConfigError("save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)")
         os.makedirs(path, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
@@ -745,7 +769,7 @@ class Embedder:
         """
         digest = hashlib.sha256()
         digest.update(repr(sorted(self.settings.to_dict().items())).encode())
-        digest.update(self.dtype.encode())
+        digest.update(f"{self.dtype}/{self.backend}/{self.quantization}".encode())
         digest.update(file_fingerprint(self.folder).encode())
         if self.adapter is not None:
             digest.update(file_fingerprint(self.adapter).encode())
@@ -767,7 +791,8 @@ def file_fingerprint(folder: str, chunk: int = 1 << 20) -> str:
         for name in sorted(files):
             path = os.path.join(root, name)
             rel = os.path.relpath(path, folder)
-            if rel.startswith(".") or name.endswith((".md", ".lock")):
+            # onnx/ holds bgekit's own exports of these weights: not part of the model's identity
+            if rel.startswith((".", "onnx" + os.sep)) or name.endswith((".md", ".lock")):
                 continue
             size = os.path.getsize(path)
             digest.update(f"{rel}:{size}".encode())
