@@ -35,6 +35,28 @@ class ModelArguments:
     normalize_embeddings: bool | None = field(
         default=None, metadata={"help": "L2-normalise embeddings (default: the model's own setting)"}
     )
+    use_lora: bool = field(
+        default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"}
+    )
+    lora_rank: int = field(default=64, metadata={"help": "LoRA rank r"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "up_proj", "gate_proj"],
+        metadata={"help": "module names LoRA adapts", "nargs": "+"},
+    )
+    save_merged_lora_model: bool = field(
+        default=True,
+        metadata={"help": "save the adapter merged into the weights (loadable as a plain model)"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.use_lora and (
+            self.lora_rank < 1 or not 0 <= self.lora_dropout < 1 or not self.target_modules
+        ):
+            raise ConfigError(
+                "--use_lora needs --lora_rank >= 1, 0 <= --lora_dropout < 1 and --target_modules"
+            )
 
 
 @dataclass

@@ -441,6 +441,7 @@ class GroupCollator:
     passages are ordered group by group, the positive first), ``teacher_scores`` (a float tensor of
     shape (batch, group) or ``None``) and ``no_in_batch_neg`` (bool). With ``pairs=True`` (rerankers)
     it instead returns ``pairs``: the tokenized (query, passage) pairs in the same order.
+    ``token_type_ids=False`` leaves segment ids out (decoder-only models do not take them).
 
     Example:
         >>> collate = GroupCollator(tokenizer, query_max_len=32, passage_max_len=128)   # doctest: +SKIP
@@ -454,6 +455,7 @@ class GroupCollator:
     pairs: bool = False
     pair_max_len: int = 512
     no_in_batch_neg_sources: set[int] = field(default_factory=set)
+    token_type_ids: bool = True
 
     def _pad(self, texts: Any, max_len: int) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(
@@ -464,6 +466,8 @@ class GroupCollator:
             pad_to_multiple_of=self.pad_to_multiple_of,
             return_tensors="pt",
         )
+        if not self.token_type_ids:
+            encoded.pop("token_type_ids", None)  # decoders take no segment ids
         return dict(encoded)
 
     def __call__(self, groups: list[Group]) -> dict[str, Any]:

@@ -46,13 +46,47 @@ def resolve_settings(model_args: ModelArguments, data_args: DataArguments) -> tu
     if data_args.passage_instruction_for_retrieval is not None:
         explicit["passage_instruction"] = data_args.passage_instruction_for_retrieval
         explicit["passage_instruction_format"] = data_args.passage_instruction_format
-    settings, _ = resolve_embedder_settings(model_args.model_name_or_path, folder, explicit)
+    settings, origin = resolve_embedder_settings(model_args.model_name_or_path, folder, explicit)
+    if "kind" not in origin:
+        from transformers import AutoConfig
+
+        from bgekit.inference.embedder import is_decoder_only
+
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=model_args.trust_remote_code)
+        if is_decoder_only(config):
+            # as inference decides it: decoder-only models pool their last token unless told otherwise
+            settings.kind = "decoder"
+            if "pooling" not in origin:
+                settings.pooling = "last_token"
     if settings.kind not in ("encoder", "decoder"):
         raise ConfigError(
             f"{model_args.model_name_or_path}: kind={settings.kind!r} models are not trained by this entry point yet; "
             "encoder and decoder embedders are"
         )
     return folder, settings
+
+
+def apply_lora(model: Any, model_args: ModelArguments) -> Any:
+    """Wrap ``model`` with LoRA adapters (peft) on ``model_args.target_modules``."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError as exc:
+        raise ConfigError("--use_lora needs peft: pip install 'bgekit[train]' (or pip install peft)") from exc
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in model_args.target_modules if m in present]
+    if not targets:
+        raise ConfigError(
+            f"--target_modules {model_args.target_modules} match no module of this model; "
+            f"its linear layers include {sorted(n for n in present if 'proj' in n or 'dense' in n)[:12]}"
+        )
+    config = LoraConfig(
+        r=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha,  # type: ignore[arg-type]
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        task_type=TaskType.FEATURE_EXTRACTION,
+    )
+    return get_peft_model(model, config)
 
 
 def build_trainer(
@@ -93,6 +127,8 @@ def build_trainer(
             param.requires_grad_(False)
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False
+    if model_args.use_lora:
+        model = apply_lora(model, model_args)
     if training_args.fix_position_embedding:
         for name, param in model.named_parameters():
             if "position_embeddings" in name:
@@ -134,6 +170,7 @@ def build_trainer(
         passage_max_len=data_args.passage_max_len,
         pad_to_multiple_of=data_args.pad_to_multiple_of,
         no_in_batch_neg_sources=no_in_batch_neg_sources(sources),
+        token_type_ids=settings.kind != "decoder",
     )
     saved = settings.to_dict()
     saved.pop("extra", None)
@@ -192,10 +229,32 @@ def train(
     elif isinstance(resume, str) and not os.path.isdir(resume):
         raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
+    if model_args.use_lora:
+        save_lora(trainer, model_args)
+    else:
+        trainer.save_model()
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(os.path.join(str(training_args.output_dir), "trainer_state.json"))
     return trainer
+
+
+def save_lora(trainer: EmbedderTrainer, model_args: ModelArguments) -> None:
+    """Save the adapter under ``output_dir/lora_adapter`` and, merged, the full model in ``output_dir``.
+
+    The merged folder loads as a plain model with ``bgekit.Embedder(output_dir)``; the adapter alone
+    loads with ``bgekit.Embedder(base_model, adapter=output_dir + "/lora_adapter")``.
+    """
+    from bgekit.models.settings import write_saved_settings
+
+    out = str(trainer.args.output_dir)
+    trainer.save_model(os.path.join(out, "lora_adapter"))
+    if model_args.save_merged_lora_model and trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out, safe_serialization=True)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(out)
+        write_saved_settings(out, "embedder", trainer.saved_settings)
 
 
 def parse_args(
