@@ -16,6 +16,7 @@ from typing import Any
 from bgekit.errors import ConfigError, reject_unknown_kwargs
 from bgekit.inference.embedder import Embedder
 from bgekit.inference.reranker import Reranker
+from bgekit.models import registry
 
 _FLAG_MODEL_ARGS = (
     "normalize_embeddings",
@@ -99,6 +100,12 @@ class FlagAutoModel:
 
     @classmethod
     def from_finetuned(cls, model_name_or_path: str, **kwargs: Any) -> Embedder:
+        special = _special_embedder_class(model_name_or_path, kwargs.pop("model_class", None))
+        if special is not None:
+            table_format = registry.lookup(model_name_or_path).get("query_instruction_format")
+            if table_format is not None:
+                kwargs.setdefault("query_instruction_format", table_format)
+            return special(model_name_or_path, **kwargs)
         convert_to_numpy = kwargs.pop("convert_to_numpy", True)
         model = Embedder(model_name_or_path, **_flag_kwargs_to_bgekit("FlagAutoModel", kwargs, {}))
         if not convert_to_numpy:
@@ -257,6 +264,25 @@ class FlagAutoReranker:
 
 
 # ----------------------------------------------------------------------------- M3 and LLM embedders
+_MODEL_CLASSES = ("encoder-only-base", "encoder-only-m3", "decoder-only-base", "decoder-only-icl")
+
+
+def _special_embedder_class(model_name_or_path: str, model_class: Any) -> Any:
+    """The compat class ``FlagAutoModel`` hands an M3, LLM or ICL checkpoint to (None: ``Embedder``)."""
+    import os
+
+    if model_class is not None:
+        name = str(getattr(model_class, "value", model_class))
+        if name not in _MODEL_CLASSES:
+            raise ConfigError(f"model_class={name!r} is not valid; choose one of {list(_MODEL_CLASSES)}")
+        kind = {"encoder-only-base": None, "encoder-only-m3": "m3", "decoder-only-base": "decoder"}.get(name, "icl")
+    else:
+        kind = registry.lookup(model_name_or_path).get("kind")
+        path = os.path.expanduser(str(model_name_or_path))
+        heads = ("colbert_linear.pt", "sparse_linear.pt")
+        if kind is None and all(os.path.isfile(os.path.join(path, f)) for f in heads):
+            kind = "m3"
+    return {"m3": BGEM3FlagModel, "decoder": FlagLLMModel, "icl": FlagICLModel}.get(kind or "")
 _M3_ARGS = ("colbert_dim", "return_dense", "return_sparse", "return_colbert_vecs")
 _ICL_ARGS = ("suffix", "examples_instruction_format")
 

@@ -129,3 +129,13 @@ def test_bad_examples(decoder_dirs: dict) -> None:
     model = Embedder(folder, device="cpu", kind="icl", query_max_length=3)
     with pytest.raises(ConfigError, match="no room for the query"):
         model.encode_queries(["a query"])
+
+
+def test_flag_auto_model_model_class(decoder_dirs: dict) -> None:
+    from bgekit.compat import FlagAutoModel, FlagLLMModel
+
+    folder = decoder_dirs[("llama", "right")]
+    icl = FlagAutoModel.from_finetuned(folder, model_class="decoder-only-icl", use_fp16=False, devices="cpu")
+    assert isinstance(icl, FlagICLModel) and icl.settings.kind == "icl"
+    llm = FlagAutoModel.from_finetuned(folder, model_class="decoder-only-base", use_fp16=False, devices="cpu")
+    assert type(llm) is FlagLLMModel and llm.dtype == "fp32"

@@ -229,3 +229,13 @@ def test_bad_inputs(m3: Embedder, tiny_m3_dir: str, tmp_path: Path, minilm_path:
         plain.encode(["x"], return_sparse=True)
     with pytest.raises(ConfigError, match="BGE-M3"):
         plain.compute_score([("q", "p")])
+
+
+def test_flag_auto_model_hands_m3_to_bgem3_class(tiny_m3_dir: str) -> None:
+    from bgekit.compat import FlagAutoModel
+
+    model = FlagAutoModel.from_finetuned(tiny_m3_dir, use_fp16=False, devices="cpu", return_sparse=True)
+    assert isinstance(model, BGEM3FlagModel)
+    assert model.encode(["a query"])["lexical_weights"] is not None
+    with pytest.raises(ConfigError, match="model_class"):
+        FlagAutoModel.from_finetuned(tiny_m3_dir, model_class="encoder-only-m4")
