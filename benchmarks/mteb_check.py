@@ -30,7 +30,10 @@ def build_task(dataset):  # type: ignore[no-untyped-def]
     split = RetrievalSplitData(
         queries=Dataset.from_list([{"id": q, "text": t} for q, t in dataset.queries.items()]),
         corpus=Dataset.from_list(
-            [{"id": d, "title": doc.get("title", ""), "text": doc["text"]} for d, doc in dataset.corpus.items()]
+            [
+                {"id": d, "title": doc.get("title", ""), "text": doc["text"]}
+                for d, doc in dataset.corpus.items()
+            ]
         ),
         relevant_docs={q: dict(docs) for q, docs in dataset.qrels.items()},
         top_ranked=None,
@@ -86,7 +89,9 @@ def main() -> int:
         qrels = {q: dataset.qrels[q] for q in qids}
         judged = {d for docs in qrels.values() for d in docs}
         keep = [d for d in dataset.corpus if d in judged]
-        keep += [d for d in dataset.corpus if d not in judged][: max(0, (args.docs or len(dataset.corpus)) - len(keep))]
+        keep += [d for d in dataset.corpus if d not in judged][
+            : max(0, (args.docs or len(dataset.corpus)) - len(keep))
+        ]
         keep_set = set(keep)
         dataset = RetrievalDataset(
             dataset.name,
@@ -96,12 +101,17 @@ def main() -> int:
             dataset.split,
         )
     embedder = Embedder(args.model, device="cpu")
-    print(f"mteb {mteb.__version__}; {len(dataset.queries)} queries, {len(dataset.corpus)} documents", file=sys.stderr)
+    print(
+        f"mteb {mteb.__version__}; {len(dataset.queries)} queries, {len(dataset.corpus)} documents",
+        file=sys.stderr,
+    )
     result = mteb.evaluate(MTEBEncoder(embedder), build_task(dataset), cache=None, show_progress_bar=False)
     theirs = result.task_results[0].scores[args.split][0]
     with tempfile.TemporaryDirectory() as tmp:
         ours = evaluate(embedder, dataset, output_dir=tmp, show_progress=False).results[0].scores
-    names = [n for n in ("ndcg_at_10", "recall_at_100", "map_at_10", "mrr_at_10", "precision_at_1") if n in theirs]
+    names = [
+        n for n in ("ndcg_at_10", "recall_at_100", "map_at_10", "mrr_at_10", "precision_at_1") if n in theirs
+    ]
     print("| metric | mteb | bgekit |\n|---|---:|---:|")
     for name in names:
         print(f"| {name} | {theirs[name]:.5f} | {ours[name]:.5f} |")

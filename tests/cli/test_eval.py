@@ -33,8 +33,22 @@ def test_eval_command_writes_reports_and_reuses_the_cache(
 ) -> None:
     out = tmp_path / "results"
     argv = [
-        "eval", "--model", tiny_bert_dir, "--model-name", "tiny", "--dataset", str(data_root),
-        "--k-values", "1", "10", "100", "--output-dir", str(out), "--pooling", "mean", "--no-progress",
+        "eval",
+        "--model",
+        tiny_bert_dir,
+        "--model-name",
+        "tiny",
+        "--dataset",
+        str(data_root),
+        "--k-values",
+        "1",
+        "10",
+        "100",
+        "--output-dir",
+        str(out),
+        "--pooling",
+        "mean",
+        "--no-progress",
     ]
     assert main(argv) == 0
     first = capsys.readouterr()
@@ -64,7 +78,23 @@ def test_eval_command_errors(tiny_bert_dir: str, tmp_path: Path, capsys: pytest.
     (bad / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"_id": "d2", "text": }\n')
     (bad / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
     (bad / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
-    assert main(["eval", "--model", tiny_bert_dir, "--dataset", str(bad), "--output-dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(["eval", "--model", tiny_bert_dir, "--dataset", str(bad), "--output-dir", str(tmp_path / "o")])
+        == 2
+    )
     assert f"{bad}/corpus.jsonl:2: invalid JSON" in capsys.readouterr().err
-    assert main(["eval", "--model", tiny_bert_dir, "--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                tiny_bert_dir,
+                "--dataset",
+                str(tmp_path / "missing"),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "not a dataset folder nor a known dataset name; expected a BEIR folder" in capsys.readouterr().err

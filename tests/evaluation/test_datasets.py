@@ -30,16 +30,26 @@ def jsonl(rows: list[dict]) -> str:
 @pytest.fixture
 def beir_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "toy"
-    write(folder / "corpus.jsonl", jsonl([
-        {"_id": "d1", "title": "Pandas", "text": "Pandas eat bamboo."},
-        {"_id": "d2", "text": "Koalas eat eucalyptus."},
-        {"_id": 3, "title": "", "text": "Numeric ids become strings."},
-    ]))
-    write(folder / "queries.jsonl", jsonl([
-        {"_id": "q1", "text": "what do pandas eat"},
-        {"_id": "q2", "text": "what do koalas eat"},
-        {"_id": "q3", "text": "never judged"},
-    ]))
+    write(
+        folder / "corpus.jsonl",
+        jsonl(
+            [
+                {"_id": "d1", "title": "Pandas", "text": "Pandas eat bamboo."},
+                {"_id": "d2", "text": "Koalas eat eucalyptus."},
+                {"_id": 3, "title": "", "text": "Numeric ids become strings."},
+            ]
+        ),
+    )
+    write(
+        folder / "queries.jsonl",
+        jsonl(
+            [
+                {"_id": "q1", "text": "what do pandas eat"},
+                {"_id": "q2", "text": "what do koalas eat"},
+                {"_id": "q3", "text": "never judged"},
+            ]
+        ),
+    )
     write(folder / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td2\t0\nq2\td2\t1\n")
     return folder
 
@@ -72,7 +82,9 @@ def test_custom_layout_round_trip(beir_folder: Path, tmp_path: Path) -> None:
     ds = load_dataset(beir_folder, "test")
     save_dataset(ds, str(tmp_path / "custom"), layout="custom")
     assert sorted(p.name for p in (tmp_path / "custom").iterdir()) == [
-        "corpus.jsonl", "test_qrels.jsonl", "test_queries.jsonl"
+        "corpus.jsonl",
+        "test_qrels.jsonl",
+        "test_queries.jsonl",
     ]
     first = json.loads((tmp_path / "custom" / "corpus.jsonl").read_text().splitlines()[0])
     assert set(first) == {"id", "title", "text"}
@@ -87,7 +99,9 @@ def test_flagembedding_reads_our_custom_layout(beir_folder: Path, tmp_path: Path
 
     ds = load_dataset(beir_folder, "test")
     save_dataset(ds, str(tmp_path / "custom"), layout="custom")
-    loader = CustomEvalDataLoader(eval_name="toy", dataset_dir=str(tmp_path / "custom"), cache_dir=str(tmp_path / "hf"))
+    loader = CustomEvalDataLoader(
+        eval_name="toy", dataset_dir=str(tmp_path / "custom"), cache_dir=str(tmp_path / "hf")
+    )
     assert dict(loader.load_qrels(split="test")) == ds.qrels
     assert dict(loader.load_queries(split="test")) == ds.queries
 

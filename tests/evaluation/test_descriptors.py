@@ -51,7 +51,10 @@ def test_hub_loader_reads_the_mteb_layout(monkeypatch: pytest.MonkeyPatch, tmp_p
     import datasets
 
     tables = {
-        ("mteb/nfcorpus", "corpus"): [{"_id": "d1", "title": "T", "text": "x"}, {"_id": "d2", "title": "", "text": "y"}],
+        ("mteb/nfcorpus", "corpus"): [
+            {"_id": "d1", "title": "T", "text": "x"},
+            {"_id": "d2", "title": "", "text": "y"},
+        ],
         ("mteb/nfcorpus", "queries"): [{"_id": "q1", "text": "query"}, {"_id": "q2", "text": "unjudged"}],
         ("mteb/nfcorpus", "default"): [{"query-id": "q1", "corpus-id": "d1", "score": 2}],
     }

@@ -47,7 +47,9 @@ def test_scores_files_and_config(tiny: Embedder, mini_scifact: str, tmp_path: Pa
     result = evaluate(model, mini_scifact, k_values=[1, 10, 100], output_dir=tmp_path, show_progress=False)
     [r] = result.results
     assert (r.dataset, r.split, r.stage, r.num_queries) == ("scifact-mini", "test", "retrieval", 30)
-    assert set(r.scores) == {f"{m}_at_{k}" for m in ("ndcg", "map", "recall", "precision", "mrr") for k in (1, 10, 100)}
+    assert set(r.scores) == {
+        f"{m}_at_{k}" for m in ("ndcg", "map", "recall", "precision", "mrr") for k in (1, 10, 100)
+    }
     assert r.main_score == r.scores["ndcg_at_10"] and 0 < r.main_score < 1
     # the run file is the ranking that was scored
     assert r.run_file is not None and os.path.isfile(r.run_file)
@@ -55,19 +57,19 @@ def test_scores_files_and_config(tiny: Embedder, mini_scifact: str, tmp_path: Pa
     assert compute_metrics(load_dataset(mini_scifact).qrels, run, [1, 10, 100])[0] == r.scores
     # reports
     assert set(result.files) == {"markdown", "json", "plot"}
-    table = open(result.files["markdown"]).read()
+    table = Path(result.files["markdown"]).read_text()
     assert table.splitlines()[0] == (
         "| model | dataset | split | stage | main score | recall_at_100 | mrr_at_10 | map_at_10 |"
     )
     assert f"ndcg_at_10 **{100 * r.main_score:.2f}**" in table
-    report = json.load(open(result.files["json"]))
+    report = json.loads(Path(result.files["json"]).read_text())
     assert report["results"][0]["scores"] == r.scores
     config = report["config"]
     assert config["models"][0]["fingerprint"] == tiny.fingerprint()
     assert config["models"][0]["settings"]["pooling"] == "mean"
     assert config["models"][0]["settings"]["passage_max_length"] == tiny.settings.passage_max_length
     assert config["k_values"] == [1, 10, 100] and config["datasets"][0]["documents"] == r.num_documents
-    assert open(result.files["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(result.files["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cache_reuse_overwrite_and_invalidation(
@@ -91,7 +93,10 @@ def test_cache_reuse_overwrite_and_invalidation(
     for path in cache_folder.glob("search-*.json"):
         path.unlink()
     partial = CountingEmbedder(tiny)
-    assert evaluate(partial, mini_scifact, output_dir=tmp_path, show_progress=False).results[0].scores == first.results[0].scores
+    assert (
+        evaluate(partial, mini_scifact, output_dir=tmp_path, show_progress=False).results[0].scores
+        == first.results[0].scores
+    )
     assert partial.corpus_texts == 0 and partial.query_texts == 30
 
     redo = CountingEmbedder(tiny)
@@ -100,7 +105,13 @@ def test_cache_reuse_overwrite_and_invalidation(
 
     # another instruction is another fingerprint: nothing cached is reused
     instructed = CountingEmbedder(
-        Embedder(tiny_bert_dir, pooling="mean", query_instruction="Represent this: ", device="cpu", show_progress=False)
+        Embedder(
+            tiny_bert_dir,
+            pooling="mean",
+            query_instruction="Represent this: ",
+            device="cpu",
+            show_progress=False,
+        )
     )
     other = evaluate(instructed, mini_scifact, output_dir=tmp_path, show_progress=False)
     assert instructed.fingerprint() != tiny.fingerprint()
@@ -139,7 +150,12 @@ class OverlapReranker:
 def test_rerank_stage(tiny: Embedder, mini_scifact: str, tmp_path: Path) -> None:
     reranker = OverlapReranker()
     result = evaluate(
-        tiny, mini_scifact, reranker=reranker, rerank_top_k=20, k_values=[1, 10, 20], output_dir=tmp_path,
+        tiny,
+        mini_scifact,
+        reranker=reranker,
+        rerank_top_k=20,
+        k_values=[1, 10, 20],
+        output_dir=tmp_path,
         show_progress=False,
     )
     retrieval, reranked = result.results
@@ -153,23 +169,46 @@ def test_rerank_stage(tiny: Embedder, mini_scifact: str, tmp_path: Path) -> None
     assert len(read_trec_run(reranked.run_file or "")["1"]) == 20
     # a second run reads the reranked results from the cache (the reranker has a fingerprint)
     again = OverlapReranker()
-    cached = evaluate(tiny, mini_scifact, reranker=again, rerank_top_k=20, k_values=[1, 10, 20], output_dir=tmp_path, show_progress=False)
+    cached = evaluate(
+        tiny,
+        mini_scifact,
+        reranker=again,
+        rerank_top_k=20,
+        k_values=[1, 10, 20],
+        output_dir=tmp_path,
+        show_progress=False,
+    )
     assert again.pairs == 0 and cached.results[1].scores == reranked.scores
 
 
-def test_rerank_with_a_real_bgekit_reranker(tiny: Embedder, mini_scifact: str, tmp_path: Path, minilm_tokenizer_dir: str) -> None:
+def test_rerank_with_a_real_bgekit_reranker(
+    tiny: Embedder, mini_scifact: str, tmp_path: Path, minilm_tokenizer_dir: str
+) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=4, intermediate_size=64, num_labels=1)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=1,
+    )
     folder = tmp_path / "cross-encoder"
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    result = evaluate(tiny, mini_scifact, reranker=str(folder), rerank_top_k=5, k_values=[1, 5], main_score="ndcg_at_5",
-                      show_progress=False)
+    result = evaluate(
+        tiny,
+        mini_scifact,
+        reranker=str(folder),
+        rerank_top_k=5,
+        k_values=[1, 5],
+        main_score="ndcg_at_5",
+        show_progress=False,
+    )
     assert [r.stage for r in result.results] == ["retrieval", "rerank"]
     assert result.config["reranker"]["fingerprint"]
     assert result.results[1].scores["recall_at_5"] == pytest.approx(result.results[0].scores["recall_at_5"])

@@ -100,7 +100,9 @@ def test_means_equal_pytrec_eval_and_mrr_equals_recip_rank_of_the_cut_run(qrels:
     import pytrec_eval
 
     means, _ = compute_metrics(qrels, run, K_VALUES)
-    raw = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.1,2,3,5,10", "map_cut.1,2,3,5,10", "recall.1,2,3,5,10", "P.1,2,3,5,10"}).evaluate(run)
+    raw = pytrec_eval.RelevanceEvaluator(
+        qrels, {"ndcg_cut.1,2,3,5,10", "map_cut.1,2,3,5,10", "recall.1,2,3,5,10", "P.1,2,3,5,10"}
+    ).evaluate(run)
     if not raw:
         return
     for ours, theirs in [("ndcg", "ndcg_cut"), ("map", "map_cut"), ("recall", "recall"), ("precision", "P")]:
@@ -157,7 +159,7 @@ def test_trec_run_file_round_trip(tmp_path) -> None:
     run = {"q1": {"d1": 0.5, "d2": 0.5, "d3": 0.123456789012345}, "q2": {"x": -1.0}}
     path = str(tmp_path / "run.trec")
     write_trec_run(path, run, tag="mine")
-    lines = open(path).read().splitlines()
+    lines = (tmp_path / "run.trec").read_text().splitlines()
     assert lines[0] == "q1 Q0 d2 1 0.5 mine"
     assert lines[1] == "q1 Q0 d1 2 0.5 mine"
     assert lines[2].split()[2:4] == ["d3", "3"]

@@ -24,7 +24,9 @@ class TableEncoder:
 
     def encode_corpus(self, corpus: list, **kwargs: object) -> np.ndarray:
         self.corpus_calls.append(len(corpus))
-        return np.stack([self.vectors[corpus_item_text(d, i)] for i, d in enumerate(corpus)]).astype(np.float32)
+        return np.stack([self.vectors[corpus_item_text(d, i)] for i, d in enumerate(corpus)]).astype(
+            np.float32
+        )
 
 
 def random_dataset(seed: int = 0, docs: int = 57, queries: int = 9, dim: int = 8):
@@ -32,7 +34,9 @@ def random_dataset(seed: int = 0, docs: int = 57, queries: int = 9, dim: int = 8
     corpus = {f"doc{i}": {"title": "", "text": f"text {i}"} for i in range(docs)}
     query_texts = {f"q{i}": f"query {i}" for i in range(queries)}
     qrels = {q: {f"doc{(3 * i) % docs}": 1} for i, q in enumerate(query_texts)}
-    vectors = {t: v for t, v in zip([f"text {i}" for i in range(docs)], rng.normal(size=(docs, dim)), strict=True)}
+    vectors = {
+        t: v for t, v in zip([f"text {i}" for i in range(docs)], rng.normal(size=(docs, dim)), strict=True)
+    }
     vectors.update({t: v for t, v in zip(query_texts.values(), rng.normal(size=(queries, dim)), strict=True)})
     return RetrievalDataset("rand", corpus, query_texts, qrels), TableEncoder(vectors)
 
@@ -112,11 +116,13 @@ def test_rerank_scores_the_top_k_only() -> None:
     retrieved = {"q": {"d3": 0.9, "d2": 0.8, "d1": 0.7}}
     reranker = WordOverlapReranker()
     out = rerank(reranker, ds, retrieved, top_k=3)
-    assert reranker.calls == [[
-        ("what do pandas eat", "unrelated"),
-        ("what do pandas eat", "koalas eat eucalyptus"),
-        ("what do pandas eat", "Pandas eat bamboo all day"),
-    ]]
+    assert reranker.calls == [
+        [
+            ("what do pandas eat", "unrelated"),
+            ("what do pandas eat", "koalas eat eucalyptus"),
+            ("what do pandas eat", "Pandas eat bamboo all day"),
+        ]
+    ]
     assert [d for d, _ in ranked(out["q"])] == ["d1", "d2", "d3"]
     assert list(rerank(WordOverlapReranker(), ds, retrieved, top_k=2)["q"]) == ["d3", "d2"]
 
@@ -126,6 +132,8 @@ def test_rerank_checks_the_reranker_output() -> None:
         def compute_score(self, pairs):
             return [0.0]
 
-    ds = RetrievalDataset("toy", {"a": {"title": "", "text": "x"}, "b": {"title": "", "text": "y"}}, {"q": "x"}, {"q": {"a": 1}})
+    ds = RetrievalDataset(
+        "toy", {"a": {"title": "", "text": "x"}, "b": {"title": "", "text": "y"}}, {"q": "x"}, {"q": {"a": 1}}
+    )
     with pytest.raises(InputError, match="1 scores for 2 pairs"):
         rerank(Short(), ds, {"q": {"a": 1.0, "b": 0.5}}, top_k=10)

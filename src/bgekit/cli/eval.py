@@ -23,7 +23,10 @@ from bgekit.evaluation.metrics import DEFAULT_K_VALUES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs="+", required=True, help="model folder(s) or hub name(s)")
     parser.add_argument(
-        "--dataset", nargs="+", required=True, help="dataset folder(s), folder(s) of datasets, or descriptor names"
+        "--dataset",
+        nargs="+",
+        required=True,
+        help="dataset folder(s), folder(s) of datasets, or descriptor names",
     )
     parser.add_argument("--split", default="test", help="qrels split (default: test)")
     parser.add_argument("--reranker", default=None, help="reranker folder: rerank the top --rerank-top-k")
@@ -32,13 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k-values", type=int, nargs="+", default=list(DEFAULT_K_VALUES))
     parser.add_argument("--main-score", default="ndcg_at_10")
     parser.add_argument(
-        "--metrics", nargs="+", default=None, help="metrics in the table (default: ndcg_at_10 recall_at_100 ...)"
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="metrics in the table (default: ndcg_at_10 recall_at_100 ...)",
     )
-    parser.add_argument("--output-dir", default="results", help="cache, run files and reports (default: results)")
+    parser.add_argument(
+        "--output-dir", default="results", help="cache, run files and reports (default: results)"
+    )
     parser.add_argument("--format", choices=["markdown", "json"], default="markdown", help="what to print")
     parser.add_argument("--overwrite", action="store_true", help="recompute instead of reading the cache")
     parser.add_argument("--per-query", action="store_true", help="keep per-query scores in report.json")
-    parser.add_argument("--ignore-identical-ids", action="store_true", help="drop hits whose id is the query's")
+    parser.add_argument(
+        "--ignore-identical-ids", action="store_true", help="drop hits whose id is the query's"
+    )
     parser.add_argument("--corpus-chunk-size", type=int, default=50_000)
     parser.add_argument("--model-name", nargs="+", default=None, help="name(s) for the reports")
     # embedder settings (default: the model's own, from bgekit.json / sentence-transformers config)

@@ -75,7 +75,9 @@ class EvalCache:
         meta_path = os.path.join(self.folder, "meta.json")
         if meta is not None and not os.path.exists(meta_path):
             with atomic_open(meta_path, "w", encoding="utf-8") as handle:
-                json.dump({"embedder": embedder_key, "dataset": dataset.name, **meta}, handle, indent=2, default=str)
+                json.dump(
+                    {"embedder": embedder_key, "dataset": dataset.name, **meta}, handle, indent=2, default=str
+                )
 
     # ------------------------------------------------------------------------------------ corpus
     def _chunk_path(self, number: int) -> str:
@@ -99,7 +101,9 @@ class EvalCache:
 
     # ------------------------------------------------------------------------------ results
     def _json_path(self, kind: str, settings: dict[str, Any]) -> str:
-        key = settings_hash({**settings, "queries": self.dataset.queries_fingerprint(), "split": self.dataset.split})
+        key = settings_hash(
+            {**settings, "queries": self.dataset.queries_fingerprint(), "split": self.dataset.split}
+        )
         return os.path.join(self.folder, f"{kind}-{key}.json")
 
     def _load_json(self, kind: str, settings: dict[str, Any]) -> dict[str, dict[str, float]] | None:

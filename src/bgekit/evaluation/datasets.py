@@ -112,7 +112,9 @@ def detect_layout(folder: str, split: str) -> Layout:
         return "custom"
     if has("queries.jsonl") and os.path.isdir(os.path.join(folder, "qrels")):
         return "beir"
-    missing = [n for n in ("queries.jsonl", f"qrels/{split}.tsv") if not os.path.exists(os.path.join(folder, n))]
+    missing = [
+        n for n in ("queries.jsonl", f"qrels/{split}.tsv") if not os.path.exists(os.path.join(folder, n))
+    ]
     raise DataFormatError(f"missing {', '.join(missing)} for split {split!r}; {BEIR_LAYOUT_HELP}", folder)
 
 
@@ -130,7 +132,9 @@ def find_dataset_folders(root: str) -> list[str]:
     """Complete dataset folders directly under ``root`` (sorted); folders without a corpus are skipped."""
     if not os.path.isdir(root):
         raise DataFormatError(f"dataset folder not found; {BEIR_LAYOUT_HELP}", root)
-    found = [os.path.join(root, n) for n in sorted(os.listdir(root)) if is_dataset_folder(os.path.join(root, n))]
+    found = [
+        os.path.join(root, n) for n in sorted(os.listdir(root)) if is_dataset_folder(os.path.join(root, n))
+    ]
     return found
 
 
@@ -143,7 +147,9 @@ def _string_field(row: Any, keys: tuple[str, ...], path: str, line: int, what: s
             if isinstance(value, int | float) and not isinstance(value, bool) and what == "id":
                 return str(value)
             if not isinstance(value, str):
-                raise DataFormatError(f"field {key!r} is {type(value).__name__}; expected a string", path, line)
+                raise DataFormatError(
+                    f"field {key!r} is {type(value).__name__}; expected a string", path, line
+                )
             return value
     raise DataFormatError(f"missing field {' or '.join(repr(k) for k in keys)}", path, line)
 
@@ -156,7 +162,9 @@ def read_corpus(path: str) -> dict[str, dict[str, str]]:
         text = _string_field(row, ("text",), path, line_no, "text")
         title = row.get("title") or ""
         if not isinstance(title, str):
-            raise DataFormatError(f"field 'title' is {type(title).__name__}; expected a string", path, line_no)
+            raise DataFormatError(
+                f"field 'title' is {type(title).__name__}; expected a string", path, line_no
+            )
         if doc_id in corpus:
             raise DataFormatError(f"duplicate document id {doc_id!r}", path, line_no)
         corpus[doc_id] = {"title": title, "text": text}
@@ -180,7 +188,9 @@ def _parse_relevance(value: Any, path: str, line: int) -> int:
     except (TypeError, ValueError):
         raise DataFormatError(f"relevance {value!r} is not a number", path, line) from None
     if number != int(number):
-        raise DataFormatError(f"relevance {value!r} is not an integer (pytrec_eval needs integers)", path, line)
+        raise DataFormatError(
+            f"relevance {value!r} is not an integer (pytrec_eval needs integers)", path, line
+        )
     return int(number)
 
 
@@ -226,7 +236,9 @@ def read_qrels_jsonl(path: str) -> dict[str, dict[str, int]]:
         doc_id = _string_field(row, ("docid", "corpus-id"), path, line_no, "id")
         if "relevance" not in row and "score" not in row:
             raise DataFormatError("missing field 'relevance'", path, line_no)
-        qrels.setdefault(query_id, {})[doc_id] = _parse_relevance(row.get("relevance", row.get("score")), path, line_no)
+        qrels.setdefault(query_id, {})[doc_id] = _parse_relevance(
+            row.get("relevance", row.get("score")), path, line_no
+        )
     return qrels
 
 
@@ -259,7 +271,9 @@ def restrict_to_judged(
     return judged, kept, {"unknown_queries": unknown_queries, "unknown_documents": unknown_docs}
 
 
-def load_dataset(path: str | os.PathLike[str], split: str = "test", name: str | None = None) -> RetrievalDataset:
+def load_dataset(
+    path: str | os.PathLike[str], split: str = "test", name: str | None = None
+) -> RetrievalDataset:
     """Load a local BEIR or FlagEmbedding-custom folder (the layout is detected).
 
     Args:
@@ -279,8 +293,12 @@ def load_dataset(path: str | os.PathLike[str], split: str = "test", name: str | 
         queries = read_queries(os.path.join(folder, "queries.jsonl"))
         qrels_path = os.path.join(folder, "qrels", f"{split}.tsv")
         if not os.path.isfile(qrels_path):
-            available = sorted(n[:-4] for n in os.listdir(os.path.join(folder, "qrels")) if n.endswith(".tsv"))
-            raise DataFormatError(f"no qrels for split {split!r} (available: {available}); {BEIR_LAYOUT_HELP}", qrels_path)
+            available = sorted(
+                n[:-4] for n in os.listdir(os.path.join(folder, "qrels")) if n.endswith(".tsv")
+            )
+            raise DataFormatError(
+                f"no qrels for split {split!r} (available: {available}); {BEIR_LAYOUT_HELP}", qrels_path
+            )
         qrels = read_qrels_tsv(qrels_path)
     else:
         queries = read_queries(os.path.join(folder, f"{split}_queries.jsonl"))
@@ -314,12 +332,17 @@ def save_dataset(dataset: RetrievalDataset, folder: str, layout: Layout = "beir"
     id_key = "_id" if layout == "beir" else "id"
     write_jsonl_atomic(
         os.path.join(folder, "corpus.jsonl"),
-        ({id_key: d, "title": doc.get("title", ""), "text": doc["text"]} for d, doc in dataset.corpus.items()),
+        (
+            {id_key: d, "title": doc.get("title", ""), "text": doc["text"]}
+            for d, doc in dataset.corpus.items()
+        ),
     )
     queries = ({id_key: q, "text": text} for q, text in dataset.queries.items())
     if layout == "beir":
         write_jsonl_atomic(os.path.join(folder, "queries.jsonl"), queries)
-        with atomic_open(os.path.join(folder, "qrels", f"{dataset.split}.tsv"), "w", encoding="utf-8") as handle:
+        with atomic_open(
+            os.path.join(folder, "qrels", f"{dataset.split}.tsv"), "w", encoding="utf-8"
+        ) as handle:
             handle.write("query-id\tcorpus-id\tscore\n")
             for query_id, docs in dataset.qrels.items():
                 for doc_id, rel in docs.items():

@@ -99,7 +99,9 @@ class DatasetDescriptor:
         try:
             import datasets as hf_datasets
         except ImportError as exc:
-            raise ConfigError("loading from the hub needs the datasets package: pip install datasets") from exc
+            raise ConfigError(
+                "loading from the hub needs the datasets package: pip install datasets"
+            ) from exc
         try:
             corpus_rows = hf_datasets.load_dataset(self.source, "corpus", split="corpus")
             query_rows = hf_datasets.load_dataset(self.source, "queries", split="queries")
@@ -156,61 +158,163 @@ _DESCRIPTORS: list[DatasetDescriptor] = [
     _beir("robust04", hub_layout="none"),
     # MS MARCO passage: dev (MRR@10 is its official score), TREC DL 2019/2020 (graded qrels, nDCG@10)
     DatasetDescriptor(
-        "msmarco-dev", "msmarco", "irds/msmarco-passage_dev_small", ("dev",), "mrr_at_10",
-        hub_layout="none", query_instruction=BGE_EN_QUERY_INSTRUCTION,
+        "msmarco-dev",
+        "msmarco",
+        "irds/msmarco-passage_dev_small",
+        ("dev",),
+        "mrr_at_10",
+        hub_layout="none",
+        query_instruction=BGE_EN_QUERY_INSTRUCTION,
         reference="https://microsoft.github.io/msmarco/",
     ),
     DatasetDescriptor(
-        "msmarco-dl19", "msmarco", "irds/msmarco-passage_trec-dl-2019_judged", ("test",), "ndcg_at_10",
-        hub_layout="none", query_instruction=BGE_EN_QUERY_INSTRUCTION,
+        "msmarco-dl19",
+        "msmarco",
+        "irds/msmarco-passage_trec-dl-2019_judged",
+        ("test",),
+        "ndcg_at_10",
+        hub_layout="none",
+        query_instruction=BGE_EN_QUERY_INSTRUCTION,
         reference="https://arxiv.org/abs/2003.07820",
     ),
     DatasetDescriptor(
-        "msmarco-dl20", "msmarco", "irds/msmarco-passage_trec-dl-2020_judged", ("test",), "ndcg_at_10",
-        hub_layout="none", query_instruction=BGE_EN_QUERY_INSTRUCTION,
+        "msmarco-dl20",
+        "msmarco",
+        "irds/msmarco-passage_trec-dl-2020_judged",
+        ("test",),
+        "ndcg_at_10",
+        hub_layout="none",
+        query_instruction=BGE_EN_QUERY_INSTRUCTION,
         reference="https://arxiv.org/abs/2102.07662",
     ),
     # MIRACL (18 languages, dev split; FlagEmbedding's evaluation uses nDCG@10 and Recall@100)
     DatasetDescriptor(
-        "miracl", "miracl", "miracl/miracl", ("train", "dev"), "ndcg_at_10",
-        languages=("ar", "bn", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th",
-                   "zh", "de", "yo"),
-        hub_layout="none", reference="https://arxiv.org/abs/2210.09984",
+        "miracl",
+        "miracl",
+        "miracl/miracl",
+        ("train", "dev"),
+        "ndcg_at_10",
+        languages=(
+            "ar",
+            "bn",
+            "en",
+            "es",
+            "fa",
+            "fi",
+            "fr",
+            "hi",
+            "id",
+            "ja",
+            "ko",
+            "ru",
+            "sw",
+            "te",
+            "th",
+            "zh",
+            "de",
+            "yo",
+        ),
+        hub_layout="none",
+        reference="https://arxiv.org/abs/2210.09984",
     ),
     # MLDR: long documents, 13 languages
     DatasetDescriptor(
-        "mldr", "mldr", "Shitao/MLDR", ("train", "dev", "test"), "ndcg_at_10",
+        "mldr",
+        "mldr",
+        "Shitao/MLDR",
+        ("train", "dev", "test"),
+        "ndcg_at_10",
         languages=("ar", "de", "en", "es", "fr", "hi", "it", "ja", "ko", "pt", "ru", "th", "zh"),
-        hub_layout="none", reference="https://arxiv.org/abs/2402.03216",
+        hub_layout="none",
+        reference="https://arxiv.org/abs/2402.03216",
     ),
     # MKQA: cross-lingual QA over English Wikipedia; FlagEmbedding scores Recall@20/100 (answer match)
     DatasetDescriptor(
-        "mkqa", "mkqa", "Shitao/bge-m3-data (MKQA, NQ corpus)", ("test",), "recall_at_100",
-        languages=("ar", "da", "de", "en", "es", "fi", "fr", "he", "hu", "it", "ja", "km", "ko", "ms", "nl",
-                   "no", "pl", "pt", "ru", "sv", "th", "tr", "vi", "zh_cn", "zh_hk", "zh_tw"),
-        hub_layout="none", reference="https://arxiv.org/abs/2007.15207",
+        "mkqa",
+        "mkqa",
+        "Shitao/bge-m3-data (MKQA, NQ corpus)",
+        ("test",),
+        "recall_at_100",
+        languages=(
+            "ar",
+            "da",
+            "de",
+            "en",
+            "es",
+            "fi",
+            "fr",
+            "he",
+            "hu",
+            "it",
+            "ja",
+            "km",
+            "ko",
+            "ms",
+            "nl",
+            "no",
+            "pl",
+            "pt",
+            "ru",
+            "sv",
+            "th",
+            "tr",
+            "vi",
+            "zh_cn",
+            "zh_hk",
+            "zh_tw",
+        ),
+        hub_layout="none",
+        reference="https://arxiv.org/abs/2007.15207",
     ),
     # AIR-Bench: generated heterogeneous benchmark (QA and long-doc tasks); dev public, test hidden
     DatasetDescriptor(
-        "air-bench-qa", "air-bench", "AIR-Bench/qa_*", ("dev", "test"), "ndcg_at_10",
-        languages=("en", "zh"), hub_layout="none", reference="https://github.com/AIR-Bench/AIR-Bench",
+        "air-bench-qa",
+        "air-bench",
+        "AIR-Bench/qa_*",
+        ("dev", "test"),
+        "ndcg_at_10",
+        languages=("en", "zh"),
+        hub_layout="none",
+        reference="https://github.com/AIR-Bench/AIR-Bench",
     ),
     DatasetDescriptor(
-        "air-bench-long-doc", "air-bench", "AIR-Bench/long-doc_*", ("dev", "test"), "recall_at_10",
-        hub_layout="none", reference="https://github.com/AIR-Bench/AIR-Bench",
+        "air-bench-long-doc",
+        "air-bench",
+        "AIR-Bench/long-doc_*",
+        ("dev", "test"),
+        "recall_at_10",
+        hub_layout="none",
+        reference="https://github.com/AIR-Bench/AIR-Bench",
     ),
     # MTEB retrieval tasks outside BEIR that have local copies in ../shared/data
     DatasetDescriptor(
-        "xquad-en", "mteb", "google/xquad (MTEB XQuADRetrieval, en)", ("test",), "ndcg_at_10",
-        hub_layout="none", reference="https://arxiv.org/abs/1910.11856",
+        "xquad-en",
+        "mteb",
+        "google/xquad (MTEB XQuADRetrieval, en)",
+        ("test",),
+        "ndcg_at_10",
+        hub_layout="none",
+        reference="https://arxiv.org/abs/1910.11856",
     ),
     DatasetDescriptor(
-        "xquad-zh", "mteb", "google/xquad (MTEB XQuADRetrieval, zh)", ("test",), "ndcg_at_10",
-        languages=("zh",), hub_layout="none", reference="https://arxiv.org/abs/1910.11856",
+        "xquad-zh",
+        "mteb",
+        "google/xquad (MTEB XQuADRetrieval, zh)",
+        ("test",),
+        "ndcg_at_10",
+        languages=("zh",),
+        hub_layout="none",
+        reference="https://arxiv.org/abs/1910.11856",
     ),
     DatasetDescriptor(
-        "cmrc2018-dev", "cmrc", "ymcui/cmrc2018 (dev, paragraph retrieval view)", ("test",), "ndcg_at_10",
-        languages=("zh",), hub_layout="none", reference="https://arxiv.org/abs/1810.07366",
+        "cmrc2018-dev",
+        "cmrc",
+        "ymcui/cmrc2018 (dev, paragraph retrieval view)",
+        ("test",),
+        "ndcg_at_10",
+        languages=("zh",),
+        hub_layout="none",
+        reference="https://arxiv.org/abs/1810.07366",
     ),
 ]
 
@@ -227,7 +331,9 @@ def get_descriptor(name: str) -> DatasetDescriptor:
     try:
         return DESCRIPTORS[name.lower()]
     except KeyError:
-        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(known_descriptor_names())}") from None
+        raise ConfigError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(known_descriptor_names())}"
+        ) from None
 
 
 def descriptors_in(collection: str) -> list[DatasetDescriptor]:

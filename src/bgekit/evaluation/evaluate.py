@@ -18,8 +18,20 @@ from bgekit.evaluation.datasets import (
     is_dataset_folder,
     load_dataset,
 )
-from bgekit.evaluation.metrics import DEFAULT_K_VALUES, compute_metrics, metric_names, validate_k_values, write_trec_run
-from bgekit.evaluation.search import DEFAULT_CORPUS_CHUNK_SIZE, EncoderLike, RerankerLike, dense_search, rerank
+from bgekit.evaluation.metrics import (
+    DEFAULT_K_VALUES,
+    compute_metrics,
+    metric_names,
+    validate_k_values,
+    write_trec_run,
+)
+from bgekit.evaluation.search import (
+    DEFAULT_CORPUS_CHUNK_SIZE,
+    EncoderLike,
+    RerankerLike,
+    dense_search,
+    rerank,
+)
 
 logger = logging.getLogger("bgekit.evaluation")
 
@@ -118,14 +130,18 @@ def resolve_datasets(specs: Any, split: str) -> list[RetrievalDataset]:
 
     items = [specs] if isinstance(specs, str | os.PathLike | RetrievalDataset) else list(specs)
     if not items:
-        raise ConfigError("no dataset given; pass a dataset folder, a folder of datasets or a descriptor name")
+        raise ConfigError(
+            "no dataset given; pass a dataset folder, a folder of datasets or a descriptor name"
+        )
     datasets: list[RetrievalDataset] = []
     for item in items:
         if isinstance(item, RetrievalDataset):
             datasets.append(item)
             continue
         if not isinstance(item, str | os.PathLike):
-            raise InputError(f"a dataset must be a path, a name or a RetrievalDataset, got {type(item).__name__}")
+            raise InputError(
+                f"a dataset must be a path, a name or a RetrievalDataset, got {type(item).__name__}"
+            )
         path = os.fspath(item)
         if os.path.isdir(path):
             if is_dataset_folder(path):
@@ -275,7 +291,9 @@ def evaluate(
     if reranker is not None and rerank_top_k > search_top_k:
         raise ConfigError(f"rerank_top_k={rerank_top_k} exceeds search_top_k={search_top_k}")
 
-    models = [model] if isinstance(model, str | os.PathLike) or not isinstance(model, Sequence) else list(model)
+    models = (
+        [model] if isinstance(model, str | os.PathLike) or not isinstance(model, Sequence) else list(model)
+    )
     if not models:
         raise ConfigError("no model given")
     names = [model_name] if isinstance(model_name, str) else list(model_name or [])

@@ -95,8 +95,8 @@ def _check_inputs(qrels: Qrels, run: Run) -> None:
         for doc_id, rel in docs.items():
             if isinstance(rel, bool) or not isinstance(rel, int):
                 raise InputError(f"qrels[{query_id!r}][{doc_id!r}] = {rel!r}; relevance must be an integer")
-    for query_id, docs in run.items():
-        for doc_id, score in docs.items():
+    for query_id, scored in run.items():
+        for doc_id, score in scored.items():
             if isinstance(score, bool) or not isinstance(score, int | float):
                 raise InputError(f"run[{query_id!r}][{doc_id!r}] = {score!r}; a score must be a number")
 
@@ -198,7 +198,9 @@ def read_trec_run(path: str) -> dict[str, dict[str, float]]:
                 continue
             parts = line.split()
             if len(parts) != 6:
-                raise DataFormatError(f"expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}", path, line_no)
+                raise DataFormatError(
+                    f"expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}", path, line_no
+                )
             try:
                 score = float(parts[4])
             except ValueError:

@@ -130,16 +130,24 @@ class MTEBEncoder:
         """Cosine similarity matrix (a torch tensor, as sentence-transformers returns)."""
         import torch
 
-        a = torch.nn.functional.normalize(torch.as_tensor(np.atleast_2d(np.asarray(embeddings1, np.float32))), dim=-1)
-        b = torch.nn.functional.normalize(torch.as_tensor(np.atleast_2d(np.asarray(embeddings2, np.float32))), dim=-1)
+        a = torch.nn.functional.normalize(
+            torch.as_tensor(np.atleast_2d(np.asarray(embeddings1, np.float32))), dim=-1
+        )
+        b = torch.nn.functional.normalize(
+            torch.as_tensor(np.atleast_2d(np.asarray(embeddings2, np.float32))), dim=-1
+        )
         return a @ b.T
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> Any:
         """Cosine similarity of each pair (row i with row i)."""
         import torch
 
-        a = torch.nn.functional.normalize(torch.as_tensor(np.atleast_2d(np.asarray(embeddings1, np.float32))), dim=-1)
-        b = torch.nn.functional.normalize(torch.as_tensor(np.atleast_2d(np.asarray(embeddings2, np.float32))), dim=-1)
+        a = torch.nn.functional.normalize(
+            torch.as_tensor(np.atleast_2d(np.asarray(embeddings1, np.float32))), dim=-1
+        )
+        b = torch.nn.functional.normalize(
+            torch.as_tensor(np.atleast_2d(np.asarray(embeddings2, np.float32))), dim=-1
+        )
         return (a * b).sum(-1)
 
     @property
@@ -150,5 +158,8 @@ class MTEBEncoder:
         except ImportError as exc:
             raise ImportError("mteb_model_meta needs mteb 2.x: pip install mteb") from exc
         return ModelMeta.create_empty(
-            overwrites={"name": self.name if "/" in self.name else f"bgekit/{self.name}", "revision": self.revision}
+            overwrites={
+                "name": self.name if "/" in self.name else f"bgekit/{self.name}",
+                "revision": self.revision,
+            }
         )

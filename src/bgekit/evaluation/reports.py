@@ -40,7 +40,10 @@ def markdown_table(results: Sequence[StageResult], metrics: Sequence[str] | None
         return "(no results)\n"
     chosen = _table_metrics(results, metrics)
     header = ["model", "dataset", "split", "stage", "main score", *chosen]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (1 + len(chosen))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 4 + ["---:"] * (1 + len(chosen))) + "|",
+    ]
     for r in results:
         cells = [r.model, r.dataset, r.split, r.stage, f"{r.main_score_name} **{100 * r.main_score:.2f}**"]
         cells += [f"{100 * r.scores[m]:.2f}" if m in r.scores else "–" for m in chosen]
@@ -63,7 +66,9 @@ def recall_curve_plot(results: Sequence[StageResult], path: str) -> str:
     for number, dataset in enumerate(datasets):
         ax = axes[number // columns][number % columns]
         for r in (r for r in results if r.dataset == dataset):
-            points = sorted((int(m.group(1)), v) for name, v in r.scores.items() if (m := pattern.match(name)))
+            points = sorted(
+                (int(m.group(1)), v) for name, v in r.scores.items() if (m := pattern.match(name))
+            )
             label = r.model if r.stage == "retrieval" else f"{r.model} + rerank"
             ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=label)
         ax.set_xscale("log")
@@ -82,7 +87,9 @@ def recall_curve_plot(results: Sequence[StageResult], path: str) -> str:
     return path
 
 
-def write_reports(result: EvaluationResult, output_dir: str, metrics: Sequence[str] | None = None) -> dict[str, str]:
+def write_reports(
+    result: EvaluationResult, output_dir: str, metrics: Sequence[str] | None = None
+) -> dict[str, str]:
     """Write ``report.md``, ``report.json`` and ``recall_at_k.png``; return ``{kind: path}``."""
     os.makedirs(output_dir, exist_ok=True)
     files: dict[str, str] = {}

