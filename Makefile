@@ -21,7 +21,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m mypy
+	$(PY) -m mypy --cache-dir=/dev/null
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -30,7 +30,7 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
-	$(PY) -m mypy
+	$(PY) -m mypy --cache-dir=/dev/null
 
 bench: install
 	$(PY) benchmarks/encode.py
