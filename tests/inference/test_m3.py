@@ -239,3 +239,21 @@ def test_flag_auto_model_hands_m3_to_bgem3_class(tiny_m3_dir: str) -> None:
     assert model.encode(["a query"])["lexical_weights"] is not None
     with pytest.raises(ConfigError, match="model_class"):
         FlagAutoModel.from_finetuned(tiny_m3_dir, model_class="encoder-only-m4")
+
+
+@pytest.mark.slow
+def test_several_devices_give_the_same_outputs(tiny_m3_dir: str, m3: Embedder, passages: list[str]) -> None:
+    flags = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    expected = m3.encode(passages[:40], **flags)
+    with Embedder(tiny_m3_dir, devices=["cpu", "cpu"], dtype="fp32", passage_max_length=512) as pooled:
+        got = pooled.encode(passages[:40], **flags)
+        csr = pooled.encode(passages[:40], return_dense=False, return_sparse=True, sparse_format="csr")
+    assert_same_outputs(got, expected)
+    assert csr["lexical_weights"].shape[0] == 40 and csr["dense_vecs"] is None
+
+
+def test_kind_encoder_gives_the_dense_vectors_as_an_array(tiny_m3_dir: str, m3: Embedder) -> None:
+    plain = Embedder(tiny_m3_dir, device="cpu", dtype="fp32", kind="encoder", passage_max_length=512)
+    vectors = plain.encode(["one text", "another text"])
+    assert isinstance(vectors, np.ndarray)
+    np.testing.assert_allclose(vectors, m3.encode(["one text", "another text"])["dense_vecs"], atol=1e-6)

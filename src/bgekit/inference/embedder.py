@@ -840,7 +840,7 @@ def _forward_arguments(model: Any) -> set[str] | None:
     import inspect
 
     try:
-        parameters = inspect.signature(model.forward).parameters
+        parameters = inspect.signature(getattr(model, "forward", model)).parameters
     except (TypeError, ValueError):
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
