@@ -2,9 +2,9 @@
 
 FlagEmbedding tokenizes queries and passages in batches, then joins every pair in Python through
 ``tokenizer.prepare_for_model`` (special tokens, ``only_second`` truncation), which dominates its run time
-on small models. Here both sides go through the fast tokenizer's batch call once (``tokenize_texts``) and
-each pair is joined by list concatenation with the special-token template read once from the tokenizer,
-giving the same ids.
+on small models. Here the distinct queries and passages go through the fast tokenizer's batch call once
+(``tokenize_texts``; a query repeated for 100 candidates is tokenized once) and each pair is joined by
+list concatenation with the special-token template read once from the tokenizer, giving the same ids.
 """
 
 from __future__ import annotations
@@ -135,6 +135,22 @@ def read_pair_template(tokenizer: Any) -> PairTemplate | None:
     return template
 
 
+def tokenize_unique(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids (no special tokens, truncated to ``max_length``) of each text, each distinct text once.
+
+    A rerank workload repeats each query for every candidate passage; tokenizing it once saves that work.
+    The returned lists may be shared between equal texts: callers must not modify them.
+    """
+    index: dict[str, int] = {}
+    unique: list[str] = []
+    for text in texts:
+        if text not in index:
+            index[text] = len(unique)
+            unique.append(text)
+    features = tokenize_texts(tokenizer, unique, max_length, add_special_tokens=False)
+    return [features[index[text]]["input_ids"] for text in texts]
+
+
 def truncate_second(first_len: int, second: list[int], max_length: int, side: str) -> list[int]:
     """``only_second`` truncation as ``prepare_for_model`` does it: cut the passage so the pair fits."""
     to_remove = first_len + len(second) - max_length
@@ -174,15 +190,12 @@ class CrossEncoderInputs:
         self, pairs: Sequence[tuple[str, str]], max_length: int, query_max_length: int
     ) -> list[Feature]:
         self.check_lengths(max_length, query_max_length)
-        queries = tokenize_texts(
-            self.tokenizer, [q for q, _ in pairs], query_max_length, add_special_tokens=False
-        )
-        passages = tokenize_texts(self.tokenizer, [p for _, p in pairs], max_length, add_special_tokens=False)
+        queries = tokenize_unique(self.tokenizer, [q for q, _ in pairs], query_max_length)
+        passages = tokenize_unique(self.tokenizer, [p for _, p in pairs], max_length)
         side = getattr(self.tokenizer, "truncation_side", "right")
         out: list[Feature] = []
         template = self.template
-        for q, p in zip(queries, passages, strict=True):
-            q_ids, p_ids = q["input_ids"], p["input_ids"]
+        for q_ids, p_ids in zip(queries, passages, strict=True):
             if template is None:
                 out.append(_reference_pair(self.tokenizer, q_ids, p_ids, max_length))
             else:
@@ -224,19 +237,17 @@ class PromptInputs:
     ) -> tuple[list[Feature], list[int], int]:
         """Token ids of each pair, the length of each ``<bos> query \\n`` part, and the prompt part's length."""
         self.check_lengths(max_length, query_max_length)
-        queries = tokenize_texts(
-            self.tokenizer, [q for q, _ in pairs], query_max_length, add_special_tokens=False
-        )
-        passages = tokenize_texts(self.tokenizer, [p for _, p in pairs], max_length, add_special_tokens=False)
+        queries = tokenize_unique(self.tokenizer, [q for q, _ in pairs], query_max_length)
+        passages = tokenize_unique(self.tokenizer, [p for _, p in pairs], max_length)
         prompt_ids = self.prompt_ids(prompt)
         tail = self.sep + prompt_ids
         encode_max_length = max_length + len(self.sep) + len(prompt_ids)
         side = getattr(self.tokenizer, "truncation_side", "right")
         out: list[Feature] = []
         query_lengths: list[int] = []
-        for q, p in zip(queries, passages, strict=True):
-            first = self.bos + q["input_ids"]
-            second = truncate_second(len(first), self.sep + p["input_ids"], encode_max_length, side)
+        for q_ids, p_ids in zip(queries, passages, strict=True):
+            first = self.bos + q_ids
+            second = truncate_second(len(first), self.sep + p_ids, encode_max_length, side)
             out.append({"input_ids": first + second + tail})
             query_lengths.append(len(first) + len(self.sep))
         return out, query_lengths, len(tail)
