@@ -81,13 +81,18 @@ class MinedCorpusEncoder:
 
         self.embedder = embedder
         texts = read_candidates(str(corpus_path))
-        files = sorted(
-            cache_dir.glob(f"corpus-{embedder.fingerprint()}-*.npy"), key=lambda f: int(f.stem.split("-")[2])
-        )
-        vectors = (
-            np.concatenate([np.load(f) for f in files]) if files else np.zeros((0, embedder.dim), np.float32)
-        )
-        self.vectors = {t: vectors[i] for i, t in enumerate(texts[: len(vectors)])}
+        # the cache key includes bgekit's settings schema, so a cache from an older bgekit is only used
+        # after checking that the current model reproduces a sample of its vectors
+        self.vectors: dict[str, Any] = {}
+        for path in sorted(cache_dir.glob("corpus-*-0-*.npy")):
+            vectors = np.load(path)
+            if len(vectors) != len(texts):
+                continue
+            sample = list(range(0, len(texts), max(1, len(texts) // 16)))
+            fresh = embedder.encode_corpus([texts[i] for i in sample])
+            if np.allclose(fresh, vectors[sample], atol=1e-4):
+                self.vectors = {t: vectors[i] for i, t in enumerate(texts)}
+                break
 
     def encode_queries(self, queries: list[str], **kwargs: Any) -> Any:
         return self.embedder.encode_queries(queries, **kwargs)
@@ -126,6 +131,9 @@ def main() -> int:
     parser.add_argument("--data", default=str(DATA), help="SciFact in BEIR layout")
     parser.add_argument("--model", default=None, help="base model (default: all-MiniLM-L6-v2)")
     parser.add_argument("--val-queries", type=int, default=100)
+    parser.add_argument(
+        "--fresh", action="store_true", help="mine again even if the work folder has the result"
+    )
     parser.add_argument(
         "--val-corpus",
         type=int,
@@ -194,28 +202,31 @@ def main() -> int:
     # 2. mining with the base model
     mined = work / "train_hn.jsonl"
     cli = [sys.executable, "-m", "bgekit.cli.main"]
-    timings["mine"] = run(
-        [
-            *cli,
-            "mine",
-            "--model",
-            model,
-            "--input",
-            str(work / "train.jsonl"),
-            "--corpus",
-            str(data / "corpus.jsonl"),
-            "--output",
-            str(mined),
-            "--range",
-            args.range,
-            "--negatives",
-            str(args.negatives),
-            "--cache-dir",
-            str(work / "cache"),
-        ],
-        work / "mine.log",
-    )
-    print(f"mined {mined} in {timings['mine']:.0f}s")
+    if mined.is_file() and not args.fresh:
+        print(f"reusing {mined} (--fresh to mine again)")
+    else:
+        timings["mine"] = run(
+            [
+                *cli,
+                "mine",
+                "--model",
+                model,
+                "--input",
+                str(work / "train.jsonl"),
+                "--corpus",
+                str(data / "corpus.jsonl"),
+                "--output",
+                str(mined),
+                "--range",
+                args.range,
+                "--negatives",
+                str(args.negatives),
+                "--cache-dir",
+                str(work / "cache"),
+            ],
+            work / "mine.log",
+        )
+        print(f"mined {mined} in {timings['mine']:.0f}s")
 
     # 3. fine-tune each setting, choose on validation
     base_val = ndcg10(model, val, args.val_dtype)

@@ -138,6 +138,20 @@ class EmbedderTrainingArguments(TrainingArguments):
     gc_chunk_size: int = field(default=32, metadata={"help": "texts per forward pass with --grad_cache"})
     fix_position_embedding: bool = field(default=False, metadata={"help": "freeze position embeddings"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: bgekit builds batches"})
+    unified_finetuning: bool = field(
+        default=False,
+        metadata={"help": "BGE-M3: train dense, sparse and ColBERT together (adds heads if missing)"},
+    )
+    use_self_distill: bool = field(
+        default=False, metadata={"help": "BGE-M3: distil the ensemble into each head"}
+    )
+    self_distill_start_step: int = field(default=-1, metadata={"help": "BGE-M3: self-distil after this step"})
+    fix_encoder: bool = field(
+        default=False, metadata={"help": "BGE-M3: train the heads only, backbone frozen"}
+    )
+    colbert_dim: int = field(
+        default=-1, metadata={"help": "BGE-M3: size of new ColBERT vectors (-1: hidden size)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -149,6 +163,12 @@ class EmbedderTrainingArguments(TrainingArguments):
             raise ConfigError(f"--gc_chunk_size {self.gc_chunk_size} must be positive")
         if self.grad_cache and self.deepspeed:
             raise ConfigError("--grad_cache does not work with --deepspeed; use one or the other")
+        if self.unified_finetuning and (self.negatives_cross_device or self.grad_cache):
+            raise ConfigError(
+                "--unified_finetuning works without --negatives_cross_device and --grad_cache for now"
+            )
+        if (self.use_self_distill or self.fix_encoder) and not self.unified_finetuning:
+            raise ConfigError("--use_self_distill and --fix_encoder need --unified_finetuning")
         if self.negatives_cross_device:
             # every process must hold the same number of queries for all_gather
             self.dataloader_drop_last = True

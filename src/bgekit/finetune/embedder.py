@@ -25,7 +25,7 @@ from bgekit.finetune.data import (
     load_sources,
     no_in_batch_neg_sources,
 )
-from bgekit.finetune.trainer import EmbedderTrainer
+from bgekit.finetune.trainer import EmbedderTrainer, M3EmbedderTrainer, M3TrainingModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ def resolve_settings(model_args: ModelArguments, data_args: DataArguments) -> tu
         explicit["passage_instruction"] = data_args.passage_instruction_for_retrieval
         explicit["passage_instruction_format"] = data_args.passage_instruction_format
     settings, origin = resolve_embedder_settings(model_args.model_name_or_path, folder, explicit)
+    from bgekit.inference.heads import COLBERT_FILE, SPARSE_FILE
+
+    if "kind" not in origin and all(
+        os.path.isfile(os.path.join(folder, f)) for f in (SPARSE_FILE, COLBERT_FILE)
+    ):
+        settings.kind = "m3"
     if "kind" not in origin:
         from transformers import AutoConfig
 
@@ -58,11 +64,12 @@ def resolve_settings(model_args: ModelArguments, data_args: DataArguments) -> tu
             settings.kind = "decoder"
             if "pooling" not in origin:
                 settings.pooling = "last_token"
-    if settings.kind not in ("encoder", "decoder"):
+    if settings.kind == "icl":
         raise ConfigError(
-            f"{model_args.model_name_or_path}: kind={settings.kind!r} models are not trained by this entry point yet; "
-            "encoder and decoder embedders are"
+            f"{model_args.model_name_or_path}: kind='icl' models are not trained by this entry point yet; "
+            "encoder, decoder and m3 embedders are"
         )
+
     return folder, settings
 
 
@@ -87,6 +94,41 @@ def apply_lora(model: Any, model_args: ModelArguments) -> Any:
         task_type=TaskType.FEATURE_EXTRACTION,
     )
     return get_peft_model(model, config)
+
+
+def m3_model(
+    backbone: Any, folder: str, tokenizer: Any, args: EmbedderTrainingArguments
+) -> tuple[Any, dict[str, Any]]:
+    """The backbone with BGE-M3's heads (read from the folder, or new), and the M3 trainer's options."""
+    from bgekit.inference.heads import COLBERT_FILE, SPARSE_FILE, M3Heads
+
+    hidden = int(backbone.config.hidden_size)
+    if all(os.path.isfile(os.path.join(folder, f)) for f in (SPARSE_FILE, COLBERT_FILE)):
+        heads = M3Heads.from_folder(folder, hidden)
+    else:
+        heads = M3Heads(hidden, args.colbert_dim if args.colbert_dim > 0 else hidden)
+    heads.train()
+    if args.fix_encoder:
+        for param in backbone.parameters():
+            param.requires_grad_(False)
+    unused = [
+        i
+        for i in (
+            tokenizer.cls_token_id,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            tokenizer.unk_token_id,
+        )
+        if i is not None
+    ]
+    options = dict(
+        unified=args.unified_finetuning,
+        self_distill=args.use_self_distill,
+        self_distill_start_step=args.self_distill_start_step,
+        unused_token_ids=unused,
+        vocab_size=int(backbone.config.vocab_size),
+    )
+    return M3TrainingModel(backbone, heads), options
 
 
 def build_trainer(
@@ -189,7 +231,14 @@ def build_trainer(
                 max_corpus=data_args.eval_max_corpus,
             )
         )
-    trainer = EmbedderTrainer(
+    trainer_class: Any = EmbedderTrainer
+    extra: dict[str, Any] = {}
+    if settings.kind == "m3" or training_args.unified_finetuning:
+        model, extra = m3_model(model, folder, tokenizer, training_args)
+        settings.kind = "m3"
+        saved["kind"] = "m3"
+        trainer_class = M3EmbedderTrainer
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=dataset,
@@ -200,6 +249,7 @@ def build_trainer(
         pooling=settings.pooling,
         normalize=settings.normalize,
         callbacks=callbacks or None,
+        **extra,
     )
     for callback in callbacks:
         callback.trainer = trainer  # logs its metrics with the loss

@@ -121,6 +121,42 @@ def m3_kd_loss(
     return loss
 
 
+def scores_loss(
+    scores: torch.Tensor,
+    group_size: int,
+    *,
+    teacher_scores: torch.Tensor | None = None,
+    kd_loss_type: KdLossType = "kl_div",
+    in_batch_negatives: bool = True,
+) -> torch.Tensor:
+    """The embedder loss from a (B, B*G) score matrix already divided by the temperature.
+
+    The same combination as :func:`embedder_loss` (which computes ``scores`` from embeddings); BGE-M3's
+    sparse, ColBERT and ensemble scores go through it too.
+    """
+    rows = scores.shape[0]
+    if scores.shape[1] != rows * group_size:
+        raise ConfigError(f"scores of shape {tuple(scores.shape)} do not hold {rows} groups of {group_size}")
+    local = own_group_scores(scores, group_size)
+    first = torch.zeros(rows, dtype=torch.long, device=scores.device)
+    positives = torch.arange(rows, device=scores.device) * group_size
+    if teacher_scores is None:
+        return F.cross_entropy(scores, positives) if in_batch_negatives else F.cross_entropy(local, first)
+    if teacher_scores.shape != (rows, group_size):
+        raise ConfigError(
+            f"teacher scores have shape {tuple(teacher_scores.shape)}; expected ({rows}, {group_size})"
+        )
+    targets = teacher_targets(teacher_scores.to(device=scores.device, dtype=scores.dtype))
+    if kd_loss_type == "kl_div":
+        ce = F.cross_entropy(scores, positives) if in_batch_negatives else F.cross_entropy(local, first)
+        return kl_div_loss(local, targets) + ce
+    if kd_loss_type == "m3_kd_loss":
+        if in_batch_negatives:
+            return m3_kd_loss(scores, targets, group_size, in_batch=True)
+        return m3_kd_loss(local, targets, group_size, in_batch=False)
+    raise ConfigError(f"kd_loss_type={kd_loss_type!r} is not valid; choose 'kl_div' or 'm3_kd_loss'")
+
+
 def embedder_loss(
     q: torch.Tensor,
     p: torch.Tensor,
@@ -153,30 +189,95 @@ def embedder_loss(
     if p.shape[0] % q.shape[0]:
         raise ConfigError(f"{p.shape[0]} passages are not a whole number of groups for {q.shape[0]} queries")
     group_size = p.shape[0] // q.shape[0]
-    if teacher_scores is None:
-        return (
-            in_batch_infonce(q, p, temperature)
-            if in_batch_negatives
-            else own_group_infonce(q, p, temperature)
-        )
-    if teacher_scores.shape != (q.shape[0], group_size):
-        raise ConfigError(
-            f"teacher scores have shape {tuple(teacher_scores.shape)}; expected ({q.shape[0]}, {group_size})"
-        )
-    targets = teacher_targets(teacher_scores.to(device=q.device, dtype=q.dtype))
-    scores = similarity(q, p, temperature)
-    local = own_group_scores(scores, group_size)
-    if kd_loss_type == "kl_div":
-        if in_batch_negatives:
-            ce = F.cross_entropy(scores, torch.arange(q.shape[0], device=q.device) * group_size)
-        else:
-            ce = F.cross_entropy(local, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
-        return kl_div_loss(local, targets) + ce
-    if kd_loss_type == "m3_kd_loss":
-        if in_batch_negatives:
-            return m3_kd_loss(scores, targets, group_size, in_batch=True)
-        return m3_kd_loss(local, targets, group_size, in_batch=False)
-    raise ConfigError(f"kd_loss_type={kd_loss_type!r} is not valid; choose 'kl_div' or 'm3_kd_loss'")
+    return scores_loss(
+        similarity(q, p, temperature),
+        group_size,
+        teacher_scores=teacher_scores,
+        kd_loss_type=kd_loss_type,
+        in_batch_negatives=in_batch_negatives,
+    )
+
+
+# ------------------------------------------------------------------------------------ BGE-M3 unified
+def sparse_vectors(
+    token_weights: torch.Tensor, input_ids: torch.Tensor, vocab_size: int, unused_ids: torch.Tensor
+) -> torch.Tensor:
+    """BGE-M3 lexical vectors: ``v[b, t] = max over positions i with input_ids[b, i] = t of w[b, i]``.
+
+    ``token_weights`` (B, L) are the ReLU outputs of the sparse head (0 on padding); ids in
+    ``unused_ids`` (CLS, EOS, PAD, UNK) get 0. Returns (B, vocab_size), differentiable.
+
+    Example:
+        >>> sparse_vectors(torch.tensor([[0.5, 2.0, 1.0]]), torch.tensor([[1, 2, 1]]), 4, torch.tensor([0])).tolist()
+        [[0.0, 1.0, 2.0, 0.0]]
+    """
+    out = torch.zeros(
+        token_weights.shape[0], vocab_size, dtype=token_weights.dtype, device=token_weights.device
+    )
+    out = out.scatter_reduce(1, input_ids, token_weights, reduce="amax", include_self=True)
+    keep = torch.ones(vocab_size, dtype=out.dtype, device=out.device)
+    keep[unused_ids.to(out.device)] = 0
+    return out * keep
+
+
+def colbert_scores(q_vecs: torch.Tensor, p_vecs: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
+    """ColBERT late interaction: ``s(q, p) = 1/|q| * sum_i max_j q_i . p_j`` over q's real tokens.
+
+    ``q_vecs`` (B, Lq, d) and ``p_vecs`` (N, Lp, d) are per-token vectors with padded positions zeroed
+    (BGE-M3 drops the CLS position); ``q_mask`` (B, Lq) marks the real query tokens. Returns (B, N).
+
+    Example:
+        >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]); p = torch.tensor([[[1.0, 0.0]], [[0.6, 0.8]]])
+        >>> colbert_scores(q, p, torch.ones(1, 2)).tolist()
+        [[0.5, 0.7000000476837158]]
+    """
+    token = torch.einsum("qin,pjn->qipj", q_vecs, p_vecs)
+    best = token.max(dim=-1).values.sum(dim=1)
+    return best / q_mask.sum(dim=-1, keepdim=True).clamp(min=1)
+
+
+def m3_unified_loss(
+    dense: torch.Tensor,
+    sparse: torch.Tensor,
+    colbert: torch.Tensor,
+    group_size: int,
+    *,
+    teacher_scores: torch.Tensor | None = None,
+    kd_loss_type: KdLossType = "m3_kd_loss",
+    in_batch_negatives: bool = True,
+    self_distill: bool = False,
+) -> torch.Tensor:
+    """BGE-M3's unified fine-tuning loss from the three (B, B*G) score matrices (divided by ``tau``).
+
+    With ``e = dense + 0.3 * sparse + colbert`` and ``L(.)`` the :func:`scores_loss` of a score matrix:
+
+    ``L_u = (L(dense) + L(e) + 0.1 * L(sparse) + L(colbert)) / 4``; with ``self_distill``, the ensemble
+    teaches the three (``t = softmax(e)``, detached, over the same columns):
+    ``L = (L_u + (KD(dense) + 0.1 * KD(sparse) + KD(colbert)) / 3) / 2`` with ``KD(s) = -mean_i sum_j
+    t_ij log softmax_j(s_ij)``, as FlagEmbedding's M3 trainer.
+
+    Example:
+        >>> s = torch.randn(2, 4)
+        >>> float(m3_unified_loss(s, s, s, 2)) > 0
+        True
+    """
+    kwargs: dict[str, object] = dict(
+        teacher_scores=teacher_scores, kd_loss_type=kd_loss_type, in_batch_negatives=in_batch_negatives
+    )
+    ensemble = dense + 0.3 * sparse + colbert
+    parts = [scores_loss(s, group_size, **kwargs) for s in (dense, ensemble, sparse, colbert)]  # type: ignore[arg-type]
+    loss = (parts[0] + parts[1] + 0.1 * parts[2] + parts[3]) / 4
+    if not self_distill:
+        return loss
+    if in_batch_negatives:
+        views = (ensemble, dense, sparse, colbert)
+    else:
+        views = tuple(own_group_scores(s, group_size) for s in (ensemble, dense, sparse, colbert))  # type: ignore[assignment]
+    targets = torch.softmax(views[0].detach(), dim=-1)
+    distill = (
+        kl_div_loss(views[1], targets) + 0.1 * kl_div_loss(views[2], targets) + kl_div_loss(views[3], targets)
+    ) / 3
+    return (loss + distill) / 2
 
 
 class _GatherKeepLocalGrad(torch.autograd.Function):

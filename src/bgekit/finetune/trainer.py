@@ -180,3 +180,134 @@ def checkpoint_folders(output_dir: str) -> list[str]:
         return []
     found = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
     return [os.path.join(output_dir, d) for d in sorted(found, key=lambda d: int(d.split("-")[-1]))]
+
+
+class M3TrainingModel(torch.nn.Module):
+    """A BGE-M3 model under training: the ``transformers`` backbone plus the sparse and ColBERT heads.
+
+    ``forward`` runs the backbone only (the trainer applies the heads), so DDP and the ``Trainer`` see one
+    module holding every trained parameter.
+    """
+
+    def __init__(self, backbone: Any, heads: Any) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+        self.config = backbone.config
+
+    def forward(self, **features: Any) -> Any:
+        return self.backbone(**features)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
+
+class M3EmbedderTrainer(EmbedderTrainer):
+    """BGE-M3 fine-tuning: dense only, or unified (dense + sparse + ColBERT + ensemble, self-distillation).
+
+    Saves the backbone with ``save_pretrained`` and the heads as ``sparse_linear.pt`` /
+    ``colbert_linear.pt`` beside it, the layout BGE-M3 checkpoints use, with ``kind: m3`` in
+    ``bgekit.json``.
+
+    Args:
+        unified: train the sparse and ColBERT heads with the dense embedding.
+        self_distill: distil the ensemble's scores into each of the three (after ``self_distill_start_step``).
+        unused_token_ids: ids given no lexical weight (CLS, EOS, PAD, UNK).
+        vocab_size: size of the lexical vectors.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        unified: bool = True,
+        self_distill: bool = False,
+        self_distill_start_step: int = -1,
+        unused_token_ids: list[int] | None = None,
+        vocab_size: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.unified = unified
+        self.self_distill = self_distill
+        self.self_distill_start_step = self_distill_start_step
+        self.unused_token_ids = torch.tensor(unused_token_ids or [], dtype=torch.long)
+        self.vocab_size = vocab_size
+
+    def _m3_parts(self, model: Any, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        heads = self.accelerator.unwrap_model(model).heads
+        hidden = model(**features, return_dict=True).last_hidden_state
+        mask = features["attention_mask"]
+        dense = pool(hidden, mask, self.pooling).float()
+        if self.normalize:
+            dense = F.normalize(dense, dim=-1)
+        if not self.unified:
+            return (dense,)
+        weights = torch.relu(heads.sparse_linear(hidden.float())).squeeze(-1) * mask
+        sparse = losses.sparse_vectors(weights, features["input_ids"], self.vocab_size, self.unused_token_ids)
+        colbert = heads.colbert_linear(hidden[:, 1:].float()) * mask[:, 1:].unsqueeze(-1)
+        if self.normalize:
+            colbert = F.normalize(colbert, dim=-1)
+        return dense, sparse, colbert
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        args: Any = self.args
+        q_parts = self._m3_parts(model, inputs["queries"])
+        p_parts = self._m3_parts(model, inputs["passages"])
+        group_size = p_parts[0].shape[0] // q_parts[0].shape[0]
+        kwargs: dict[str, Any] = dict(
+            teacher_scores=inputs.get("teacher_scores"),
+            kd_loss_type=args.kd_loss_type,
+            in_batch_negatives=not bool(inputs.get("no_in_batch_neg")),
+        )
+        tau = args.temperature
+        dense = losses.similarity(q_parts[0], p_parts[0], tau)
+        if not self.unified:
+            loss = losses.scores_loss(dense, group_size, **kwargs)
+        else:
+            sparse = losses.similarity(q_parts[1], p_parts[1], tau)
+            colbert = (
+                losses.colbert_scores(q_parts[2], p_parts[2], inputs["queries"]["attention_mask"][:, 1:])
+                / tau
+            )
+            loss = losses.m3_unified_loss(
+                dense,
+                sparse,
+                colbert,
+                group_size,
+                self_distill=self.self_distill and self.state.global_step > self.self_distill_start_step,
+                **kwargs,
+            )
+        return (loss, {}) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        output_dir = str(output_dir if output_dir is not None else self.args.output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        model.backbone.save_pretrained(output_dir, safe_serialization=True)
+        model.heads.save(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self.saved_settings:
+            write_saved_settings(output_dir, self.settings_kind, self.saved_settings)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        from safetensors.torch import load_file
+
+        from bgekit.inference.heads import M3Heads
+
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
+        missing, _ = target.backbone.load_state_dict(load_file(weights), strict=False)
+        if missing:
+            from bgekit.errors import ModelLoadError
+
+            raise ModelLoadError(f"{weights} lacks weights {missing[:5]}; is it a checkpoint of this model?")
+        hidden = int(target.backbone.config.hidden_size)
+        target.heads.load_state_dict(M3Heads.from_folder(resume_from_checkpoint, hidden).state_dict())
