@@ -132,7 +132,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="base model (default: all-MiniLM-L6-v2)")
     parser.add_argument("--val-queries", type=int, default=100)
     parser.add_argument(
-        "--fresh", action="store_true", help="mine again even if the work folder has the result"
+        "--fresh", action="store_true", help="mine and train again even if the work folder has the results"
     )
     parser.add_argument(
         "--val-corpus",
@@ -244,7 +244,11 @@ def main() -> int:
             "--report_to", "none", "--use_cpu", "--seed", "0", "--dataloader_drop_last",
             *([] if args.no_bf16 else ["--bf16"]), *extra,
         ]  # fmt: skip
-        timings[f"train {name}"] = run(cmd, work / f"train-{name}.log")
+        if (out / "model.safetensors").is_file() and (out / "bgekit.json").is_file() and not args.fresh:
+            print(f"{name}: reusing the model trained in {out} (--fresh to train again)")
+            timings[f"train {name}"] = 0.0
+        else:
+            timings[f"train {name}"] = run(cmd, work / f"train-{name}.log")
         score = ndcg10(str(out), val, args.val_dtype)
         print(f"{name}: trained in {timings[f'train {name}']:.0f}s, validation nDCG@10 = {score:.4f}")
         if best is None or score > best[0]:

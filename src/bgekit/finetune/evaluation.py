@@ -114,8 +114,8 @@ class RetrievalEvalCallback(TrainerCallback):
         return metrics
 
     def _due(self, args: Any, state: Any) -> bool:
-        steps = args.eval_steps if args.eval_steps and args.eval_steps >= 1 else None
-        return bool(steps) and state.global_step % int(steps) == 0
+        steps = args.eval_steps
+        return bool(steps and steps >= 1) and state.global_step % int(steps) == 0
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and model is not None and self._due(args, state):
