@@ -251,3 +251,27 @@ def test_layerwise_reranker_trains_and_reloads(tmp_path: Path, tiny_llama: str, 
     after = np.asarray(reranker.compute_score(_pairs(rows)), dtype=np.float32)
     assert after.shape == (2, len(rows) * GROUP)  # one list of scores per cutoff layer
     np.testing.assert_allclose(after.T, before, rtol=0, atol=1e-4)
+
+
+def test_evaluation_on_held_out_groups(tmp_path: Path, encoder_body: str, train_file: str) -> None:
+    argv = _argv(
+        encoder_body,
+        train_file,
+        tmp_path / "ev",
+        "--eval_data",
+        train_file,
+        "--per_device_eval_batch_size",
+        "2",
+    )
+    trainer = build_trainer(*parse_args(argv))
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_mrr", "eval_top1"} <= set(metrics)
+    assert 1 / GROUP <= metrics["eval_mrr"] <= 1.0
+    # the same numbers by hand from the model's scores of each group (positive first)
+    items = [PairGroup(Group(r["query"], r["pos"][:1] + r["neg"][:3])) for r in _groups(train_file)]
+    with torch.no_grad():
+        scores = trainer.pair_scores(trainer.model.eval(), trainer.data_collator(items)["pairs"]).view(
+            -1, GROUP
+        )
+    ranks = 1 + (scores[:, 1:] > scores[:, :1]).sum(dim=1).float()
+    assert metrics["eval_mrr"] == pytest.approx(float((1 / ranks).mean()), abs=1e-6)

@@ -346,7 +346,31 @@ class RerankerTrainer(GroupTrainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        return loss.detach(), None, None
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        scores = outputs["scores"]
+        if scores.dim() == 2:  # layer-wise: rank with the deepest layer
+            scores = scores[:, -1]
+        grouped = group_scores(scores.float(), int(inputs["group_size"]))
+        labels = torch.zeros(grouped.shape[0], dtype=torch.long, device=grouped.device)  # positive first
+        return loss.detach(), grouped.detach(), labels
+
+
+def group_ranking_metrics(prediction: Any) -> dict[str, float]:
+    """Held-out groups: MRR of the positive among its own negatives, and how often it ranks first.
+
+    ``prediction.predictions`` holds (queries, group) scores with the positive in column 0.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> group_ranking_metrics(SimpleNamespace(predictions=[[2.0, 1.0], [0.0, 3.0]]))
+        {'mrr': 0.75, 'top1': 0.5}
+    """
+    import numpy as np
+
+    scores = np.asarray(prediction.predictions, dtype=np.float64)
+    rank = 1 + (scores[:, 1:] > scores[:, :1]).sum(axis=1)  # ties count in the positive's favour
+    return {"mrr": float((1.0 / rank).mean()), "top1": float((rank == 1).mean())}
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -495,6 +519,7 @@ def build_trainer(
         args=training_args,
         train_dataset=dataset,
         eval_dataset=eval_dataset,
+        compute_metrics=group_ranking_metrics if eval_dataset is not None else None,
         data_collator=PairCollator(tokenizer, settings, original_pad_id=original_pad_id),
         processing_class=tokenizer,
         saved_settings=settings.to_saved(),
