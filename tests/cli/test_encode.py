@@ -45,3 +45,15 @@ def test_missing_text_field(tiny_bert_dir: str, tmp_path: Path, capsys: pytest.C
     src.write_text('{"body": "no text here"}\n')
     assert main(["encode", "--model", tiny_bert_dir, "--input", str(src), "--output", str(tmp_path / "o.npy")]) == 2
     assert "bad.jsonl:1: expected a JSON string or an object with a string 'text' field" in capsys.readouterr().err
+
+
+def test_binary_precision(tiny_bert_dir: str, tmp_path: Path) -> None:
+    src = tmp_path / "c.jsonl"
+    src.write_text('"one text"\n"another text"\n')
+    out = tmp_path / "b.npy"
+    args = ["encode", "--model", tiny_bert_dir, "--input", str(src), "--output", str(out), "--precision", "ubinary"]
+    assert main(args) == 0
+    packed = np.load(out)
+    assert packed.dtype == np.uint8 and packed.shape == (2, 4)  # 32 dims -> 4 bytes
+    floats = Embedder(tiny_bert_dir, device="cpu").encode_corpus(["one text", "another text"])
+    np.testing.assert_array_equal(np.unpackbits(packed, axis=1).astype(bool), floats > 0)

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "int8", "uint8", "binary", "ubinary"],
+        default="float32",
+        help="quantise the output (sentence-transformers conventions); int8/uint8 ranges go to OUTPUT.ranges.npy",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -65,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"max_length": args.max_length} if args.max_length else {}
     vectors = model.encode_queries(items, **kwargs) if args.queries else model.encode_corpus(items, **kwargs)
     model.close()
+    if args.precision != "float32":
+        from bgekit.inference.quantize import compute_ranges, quantize_embeddings
+
+        ranges = compute_ranges(vectors)
+        vectors = quantize_embeddings(vectors, args.precision, ranges=ranges)
+        if args.precision.endswith("int8"):
+            save_npy_atomic(args.output + ".ranges.npy", ranges)
     save_npy_atomic(args.output, vectors)
     elapsed = time.perf_counter() - start
     print(f"encoded {len(items)} texts -> {args.output} {vectors.shape} in {elapsed:.1f}s", file=sys.stderr)
