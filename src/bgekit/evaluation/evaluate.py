@@ -325,11 +325,12 @@ def evaluate(
     results: list[StageResult] = []
     for position, spec in enumerate(models):
         owned = isinstance(spec, str | os.PathLike)
-        if owned:
+        if isinstance(spec, str | os.PathLike):
             from bgekit import Embedder
 
-            embedder: Any = Embedder(os.fspath(spec), **(embedder_kwargs or {}))
-            label = names[position] if names else default_model_name(os.fspath(spec))
+            path = os.fspath(spec)
+            embedder: Any = Embedder(path, **(embedder_kwargs or {}))
+            label = names[position] if names else default_model_name(path)
         else:
             embedder = spec
             label = names[position] if names else str(getattr(spec, "name_or_path", type(spec).__name__))
