@@ -40,6 +40,7 @@ GRIDS: dict[str, list[tuple[str, list[str]]]] = {
         ("lr1e-4", ["--learning_rate", "1e-4"]),
     ],
     "one": [("lr5e-5", ["--learning_rate", "5e-5"])],
+    "quick": [("lr2e-4", ["--learning_rate", "2e-4"])],
 }
 
 
@@ -170,6 +171,7 @@ def main() -> int:
     parser.add_argument(
         "--dtype", choices=["fp32", "bf16"], default="bf16", help="training autocast and reranking"
     )
+    parser.add_argument("--rerank-devices", nargs="+", default=None, help="reranking workers, e.g. cpu cpu")
     args = parser.parse_args()
 
     from bgekit.evaluation import RetrievalDataset, load_dataset
