@@ -75,3 +75,33 @@ def test_bad_fast_path_options(tiny_bert_dir: str) -> None:
         Embedder(tiny_bert_dir, backend="tensorrt")
     with pytest.raises(ConfigError, match="runs on backend='onnx'"):
         Embedder(tiny_bert_dir, backend="torch", quantization="int8")
+
+
+@pytest.fixture(scope="module")
+def minilm_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """A MiniLM-sized cross-encoder: the real MiniLM body with a seeded fresh 1-logit head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("minilm-ce") / "model"
+    AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=1).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+def test_cross_encoder_fast_paths(
+    minilm_cross_encoder: str, scifact_corpus: list[dict], scifact_queries: list[dict]
+) -> None:
+    from bgekit import Reranker
+
+    pairs = [(q["text"], d["text"]) for q, d in zip(scifact_queries[:60], scifact_corpus[:60], strict=True)]
+    fp32 = np.asarray(Reranker(minilm_cross_encoder, device="cpu").compute_score(pairs))
+    onnx = np.asarray(Reranker(minilm_cross_encoder, device="cpu", backend="onnx").compute_score(pairs))
+    np.testing.assert_allclose(onnx, fp32, atol=1e-4)
+    bf16 = np.asarray(Reranker(minilm_cross_encoder, device="cpu", dtype="bf16").compute_score(pairs))
+    int8 = np.asarray(Reranker(minilm_cross_encoder, device="cpu", quantization="int8").compute_score(pairs))
+    for fast in (bf16, int8):
+        assert np.corrcoef(fast, fp32)[0, 1] >= 0.98
+    with pytest.raises(ConfigError, match="runs on backend='onnx'"):
+        Reranker(minilm_cross_encoder, backend="torch", quantization="int8")

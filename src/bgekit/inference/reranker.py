@@ -58,6 +58,8 @@ _RUNTIME_ARGS = (
     "peft_path",
     "revision",
     "cache_dir",
+    "backend",
+    "quantization",
 )
 _CALL_ARGS = (
     "batch_size",
@@ -154,6 +156,15 @@ class Reranker:
         self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
         self.device = resolve_device(self.devices[0])
         self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
+        self.quantization = kwargs.get("quantization")
+        if self.quantization not in (None, "int8"):
+            raise ConfigError(f"quantization={self.quantization!r} is not valid; choose None or 'int8'")
+        # int8 runs through ONNX Runtime's maintained dynamic quantisation, as for embedders
+        self.backend = kwargs.get("backend") or ("onnx" if self.quantization else "torch")
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
+        if self.quantization and self.backend != "onnx":
+            raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
 
         self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
         original_pad_id = self.tokenizer.pad_token_id
@@ -231,6 +242,17 @@ class Reranker:
             return self._model
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+        if self.backend == "onnx":
+            from bgekit.inference.embedder import file_fingerprint
+            from bgekit.inference.onnx_backend import OnnxRunner, export_onnx
+
+            if self.kind != "cross-encoder":
+                raise ConfigError(f"backend='onnx' supports cross-encoders only, not {self.kind!r} rerankers")
+            path = export_onnx(
+                self.folder, "sequence-classification", self.quantization, file_fingerprint(self.folder)[:16]
+            )
+            self._model = OnnxRunner(path, "sequence-classification")
+            return self._model
         if self.kind == "cross-encoder":
             model = load_pretrained(
                 AutoModelForSequenceClassification,
@@ -319,6 +341,8 @@ class Reranker:
             show_progress=False,
             trust_remote_code=self.trust_remote_code,
             peft_path=self.peft_path,
+            backend=self.backend,
+            quantization=self.quantization,
         )
         return kwargs
 
@@ -521,6 +545,8 @@ class Reranker:
         Example:
             >>> reranker.save_pretrained("my-reranker/")   # doctest: +SKIP
         """
+        if self.backend != "torch":
+            raise ConfigError("save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)")
         os.makedirs(path, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
@@ -539,6 +565,7 @@ class Reranker:
         """
         digest = hashlib.sha256()
         digest.update(repr(sorted(self.settings.to_dict().items())).encode())
+        digest.update(f"{self.backend}/{self.quantization}".encode())
         digest.update(f"{self.kind}|{self.dtype}|{self.peft_path}".encode())
         digest.update(file_fingerprint(self.folder).encode())
         if self.peft_path and os.path.isdir(str(self.peft_path)):
