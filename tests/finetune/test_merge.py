@@ -179,3 +179,58 @@ def test_cli_merge(tmp_path: Path, tiny_bert_dir: str, capsys: pytest.CaptureFix
     assert "merged 2 models" in capsys.readouterr().err
     code = cli_main(["merge", "--models", tiny_bert_dir, tiny_bert_dir, "--output", str(out)])
     assert code == 2  # exists: a clear error, not a traceback
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoders(
+    tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir: str
+) -> tuple[str, str]:
+    """Two tiny cross-encoders of the same architecture with clearly different scores."""
+    root = tmp_path_factory.mktemp("ce")
+    first = build_tiny_cross_encoder(root / "a", minilm_tokenizer_dir, seed=0)
+    return first, perturbed_copy(first, root / "b", scale=2.0, seed=3)
+
+
+def _rerank(path: str, pairs: list[tuple[str, str]]) -> np.ndarray:
+    from bgekit import Reranker
+
+    return np.asarray(Reranker(path, device="cpu", show_progress=False).compute_score(pairs))
+
+
+PAIRS = [(TEXTS[0], TEXTS[1]), (TEXTS[0], TEXTS[2]), (TEXTS[2], TEXTS[1])]
+
+
+def test_rerankers_self_merge_and_zero_one_weights(
+    tmp_path: Path, tiny_cross_encoders: tuple[str, str]
+) -> None:
+    a, b = tiny_cross_encoders
+    merge_models([a, a], tmp_path / "self", [0.5, 0.5])
+    np.testing.assert_array_equal(_rerank(str(tmp_path / "self"), PAIRS), _rerank(a, PAIRS))
+    merge_models([a, b], tmp_path / "b", [0.0, 1.0])
+    np.testing.assert_array_equal(_rerank(str(tmp_path / "b"), PAIRS), _rerank(b, PAIRS))
+    assert not np.allclose(_rerank(a, PAIRS), _rerank(b, PAIRS))
+
+
+def test_reranker_example_weights_follow_the_grouped_loss(
+    tmp_path: Path, tiny_cross_encoders: tuple[str, str], scifact_examples: str
+) -> None:
+    from bgekit.finetune.merge import read_examples, reranker_example_loss
+
+    a, b = tiny_cross_encoders
+    out = tmp_path / "cocktail"
+    weights = merge_models([a, b], out, example_data=scifact_examples, temperature=0.1)
+    info = json.loads((out / "merge_info.json").read_text())
+    assert info["kind"] == "reranker"
+    losses = info["losses"]
+    assert losses[0] != pytest.approx(losses[1], abs=1e-4)
+    assert (weights[0] > weights[1]) == (losses[0] < losses[1])  # the lower-loss model gets more weight
+    # the loss is the grouped cross-entropy of the reranker's own scores, written out here
+    examples = read_examples(scifact_examples)
+    scores = _rerank(a, [(e["query"], p) for e in examples for p in e["pos"][:1] + e["neg"][:7]])
+    by_hand, start = [], 0
+    for e in examples:
+        group = scores[start : start + 1 + len(e["neg"][:7])]
+        start += len(group)
+        by_hand.append(-(group[0] - np.log(np.exp(group).sum())))
+    assert reranker_example_loss(a, examples) == pytest.approx(float(np.mean(by_hand)), rel=1e-5)
+    assert losses[0] == pytest.approx(float(np.mean(by_hand)), rel=1e-5)
