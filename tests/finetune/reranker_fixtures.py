@@ -71,11 +71,8 @@ def perturbed_copy(source: str, target: Path | str, *, scale: float, seed: int =
     state = {}
     for key, tensor in read_state_dict(source).items():
         if tensor.is_floating_point():
-            noise = (
-                torch.randn(tensor.shape, generator=generator)
-                * scale
-                * float(tensor.float().std().nan_to_num(0.02))
-            )
+            spread = float(tensor.float().std()) if tensor.numel() > 1 else 0.02
+            noise = torch.randn(tensor.shape, generator=generator) * scale * spread
             tensor = (tensor.float() + noise).to(tensor.dtype)
         state[key] = tensor.contiguous()
     save_file(state, os.path.join(target, "model.safetensors"), metadata={"format": "pt"})
