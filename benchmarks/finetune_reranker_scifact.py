@@ -158,16 +158,16 @@ def main() -> int:
         "--model", default=None, help="embedder and reranker body (default: all-MiniLM-L6-v2)"
     )
     parser.add_argument("--val-queries", type=int, default=100)
-    parser.add_argument("--val-rerank-top-k", type=int, default=30, help="candidates reranked on validation")
+    parser.add_argument("--val-rerank-top-k", type=int, default=20, help="candidates reranked on validation")
     parser.add_argument("--rerank-top-k", type=int, default=100, help="candidates reranked on test")
-    parser.add_argument("--grid", choices=sorted(GRIDS), default="default")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="quick")
     parser.add_argument("--range", default="2-100", help="mining rank window")
     parser.add_argument("--negatives", type=int, default=15)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--query-max-len", type=int, default=32)
-    parser.add_argument("--passage-max-len", type=int, default=128)
+    parser.add_argument("--passage-max-len", type=int, default=96)
     parser.add_argument(
         "--dtype", choices=["fp32", "bf16"], default="bf16", help="training autocast and reranking"
     )
