@@ -177,7 +177,7 @@ def tokenize_texts(
             return_attention_mask=False,
             **kwargs,
         )
-        keys = [k for k in encoded.keys() if k in ("input_ids", "token_type_ids")]
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
         for i in range(len(part)):
             features.append({k: encoded[k][i] for k in keys})
     return features
