@@ -257,3 +257,31 @@ def test_kind_encoder_gives_the_dense_vectors_as_an_array(tiny_m3_dir: str, m3: 
     vectors = plain.encode(["one text", "another text"])
     assert isinstance(vectors, np.ndarray)
     np.testing.assert_allclose(vectors, m3.encode(["one text", "another text"])["dense_vecs"], atol=1e-6)
+
+
+def test_m3_feeds_dense_search_mining_and_mteb(m3: Embedder, passages: list[str], queries: list[str]) -> None:
+    """Evaluation, mining and the mteb adapter take the dense vectors of M3's dict output."""
+    from bgekit.evaluation.datasets import RetrievalDataset
+    from bgekit.evaluation.mteb_adapter import MTEBEncoder
+    from bgekit.evaluation.search import dense_search
+    from bgekit.finetune.mining import MiningOptions, mine_hard_negatives
+
+    corpus = {f"d{i}": {"title": "", "text": text} for i, text in enumerate(passages[:40])}
+    dataset = RetrievalDataset("toy", corpus, {"q0": queries[0]}, {"q0": {"d0": 1}})
+    results, _ = dense_search(m3, dataset, top_k=5, show_progress=False)
+    expected = m3.encode_corpus(passages[:40])["dense_vecs"] @ m3.encode_queries(queries[0])["dense_vecs"]
+    found = {doc: score for doc, score in results["q0"].items()}
+    assert len(found) == 5
+    for doc, score in found.items():
+        assert score == pytest.approx(float(expected[int(doc[1:])]), abs=1e-5)
+    assert min(found.values()) >= np.sort(expected)[-5] - 1e-5
+
+    top = int(np.argmax(expected))  # the margin then keeps every other candidate
+    rows = [{"query": queries[0], "pos": [passages[top]], "neg": []}]
+    mined = mine_hard_negatives(
+        m3, rows, passages[:40], MiningOptions.from_range("0-10", negatives=3, absolute_margin=0.0)
+    )
+    assert len(mined[0]["neg"]) == 3 and passages[top] not in mined[0]["neg"]
+
+    vectors = MTEBEncoder(m3).encode(passages[:3], prompt_type="document")
+    assert vectors.shape == (3, m3.dim) and vectors.dtype == np.float32

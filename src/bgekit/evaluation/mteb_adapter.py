@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bgekit.errors import InputError
+from bgekit.inference.m3 import dense_array
 
 _QUERY = "query"
 _DOCUMENT_NAMES = ("document", "passage", "corpus")
@@ -111,7 +112,7 @@ class MTEBEncoder:
         if kind == _QUERY:
             settings = getattr(self.embedder, "settings", None)
             if task is not None and task in self.query_instructions and settings is not None:
-                return np.asarray(
+                return dense_array(
                     self.embedder.encode(
                         texts,
                         instruction=self.query_instructions[task],
@@ -119,12 +120,12 @@ class MTEBEncoder:
                         max_length=settings.query_max_length,
                     )
                 )
-            return np.asarray(self.embedder.encode_queries(texts))
+            return dense_array(self.embedder.encode_queries(texts))
         if kind in _DOCUMENT_NAMES:
-            return np.asarray(self.embedder.encode_corpus(texts))
+            return dense_array(self.embedder.encode_corpus(texts))
         if kind is not None:
             raise InputError(f"prompt_type={kind!r}; expected 'query', 'document' (or 'passage') or None")
-        return np.asarray(self.embedder.encode(texts))
+        return dense_array(self.embedder.encode(texts))
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> Any:
         """Cosine similarity matrix (a torch tensor, as sentence-transformers returns)."""

@@ -20,6 +20,7 @@ from bgekit.evaluation.cache import EvalCache
 from bgekit.evaluation.datasets import RetrievalDataset
 from bgekit.evaluation.metrics import ranked
 from bgekit.inference.inputs import corpus_item_text
+from bgekit.inference.m3 import dense_array
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,7 @@ def encode_corpus_into_index(
             vectors = cache.load_corpus_chunk(number, len(ids)) if cache is not None else None
             if vectors is None:
                 items = [dataset.corpus[d] for d in ids]
-                vectors = np.ascontiguousarray(embedder.encode_corpus(items), dtype=np.float32)
-                if vectors.ndim != 2 or vectors.shape[0] != len(ids):
-                    raise InputError(f"the embedder returned shape {vectors.shape} for {len(ids)} documents")
+                vectors = dense_array(embedder.encode_corpus(items), len(ids))
                 if cache is not None:
                     cache.save_corpus_chunk(number, vectors)
                 encoded += 1
@@ -176,9 +175,7 @@ def dense_search(
     )
     start = time.perf_counter()
     query_ids = list(dataset.queries)
-    query_vectors = np.asarray(
-        embedder.encode_queries([dataset.queries[q] for q in query_ids]), dtype=np.float32
-    )
+    query_vectors = dense_array(embedder.encode_queries([dataset.queries[q] for q in query_ids]), len(query_ids))
     results = search_index(
         index,
         doc_ids,

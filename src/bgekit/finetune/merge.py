@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from bgekit.errors import ConfigError, DataFormatError, InputError, ModelLoadError
+from bgekit.inference.m3 import dense_array
 from bgekit.io import iter_jsonl
 from bgekit.models.loading import resolve_model_folder
 from bgekit.models.settings import SETTINGS_FILE, read_json, read_saved_settings, write_saved_settings
@@ -317,8 +318,8 @@ def embedder_example_loss(
         passages.append(example["pos"][0])
         passages.extend(example["neg"][:negatives])
     with Embedder(folder, show_progress=False, **model_kwargs) as model:
-        q = torch.from_numpy(model.encode_queries([e["query"] for e in examples]))
-        p = torch.from_numpy(model.encode_corpus(passages))
+        q = torch.from_numpy(dense_array(model.encode_queries([e["query"] for e in examples])))
+        p = torch.from_numpy(dense_array(model.encode_corpus(passages)))
     scores = q @ p.T / temperature
     return float(torch.nn.functional.cross_entropy(scores, torch.tensor(targets)))
 

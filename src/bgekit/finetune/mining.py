@@ -24,6 +24,7 @@ import numpy as np
 
 from bgekit.errors import ConfigError, DataFormatError
 from bgekit.inference.inputs import corpus_item_text
+from bgekit.inference.m3 import dense_array
 from bgekit.io import iter_jsonl, save_npy_atomic, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def build_index(
         if path and os.path.isfile(path):
             vectors = np.load(path)
         else:
-            vectors = np.ascontiguousarray(embedder.encode_corpus(chunk), dtype=np.float32)
+            vectors = dense_array(embedder.encode_corpus(chunk), len(chunk))
             if path:
                 save_npy_atomic(path, vectors)
         if index is None:
@@ -262,13 +263,13 @@ def mine_hard_negatives(
     out: list[dict[str, Any]] = []
     for start in range(0, len(rows), options.query_batch_size):
         batch = rows[start : start + options.query_batch_size]
-        q_vecs = np.ascontiguousarray(embedder.encode_queries([r["query"] for r in batch]), dtype=np.float32)
+        q_vecs = dense_array(embedder.encode_queries([r["query"] for r in batch]), len(batch))
         scores, positions = index.search(q_vecs, fetch)
         pos_scores: list[float | None] = [None] * len(batch)
         if options.relative_margin is not None or options.absolute_margin is not None:
             # the least similar positive sets the margin, so no positive-like candidate survives
             for i, row in enumerate(batch):
-                p_vecs = np.asarray(embedder.encode_corpus(list(row["pos"])), dtype=np.float32)
+                p_vecs = dense_array(embedder.encode_corpus(list(row["pos"])))
                 pos_scores[i] = float((p_vecs @ q_vecs[i]).min())
         for i, row in enumerate(batch):
             ranked = [(int(p), float(s)) for s, p in zip(scores[i], positions[i], strict=True) if p >= 0]
