@@ -123,3 +123,15 @@ def test_evaluation_during_training_is_logged(
     )  # fmt: skip
     evals = [h for h in trainer.state.log_history if "eval_ndcg_at_10" in h]  # type: ignore[attr-defined]
     assert len(evals) == 2 and all(0.0 <= h["eval_ndcg_at_10"] <= 1.0 for h in evals)
+
+
+def test_every_epoch_tells_the_dataset_its_number(
+    tiny_bert_dir: str, toy_train_file: str, tmp_path: Path
+) -> None:
+    """Under DDP accelerate does not call ``dataset.set_epoch``; the trainer's callback does, always."""
+    from bgekit.finetune.trainer import EpochSeedCallback
+
+    trainer = run_training(tiny_bert_dir, toy_train_file, tmp_path / "out", "--num_train_epochs", "3")
+    callbacks = [c for c in trainer.callback_handler.callbacks if isinstance(c, EpochSeedCallback)]  # type: ignore[attr-defined]
+    assert len(callbacks) == 1
+    assert trainer.train_dataset.epoch == 2  # type: ignore[attr-defined]

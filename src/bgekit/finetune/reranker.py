@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
 from bgekit.errors import ConfigError
 from bgekit.finetune.arguments import DataArguments
@@ -260,21 +260,6 @@ class PairCollator:
 
 
 # --------------------------------------------------------------------------------------------- trainer
-class _EpochSeedCallback(TrainerCallback):
-    """Tell the dataset which epoch starts, so every process draws that epoch's negatives.
-
-    accelerate calls ``dataset.set_epoch`` only when the sampler has no ``set_epoch`` of its own, which
-    is the single-process case; under DDP each epoch would otherwise reuse epoch 0's negatives.
-    """
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(int((state.epoch or 0.0) + 1e-6))
-
-
 class RerankerTrainer(GroupTrainer):
     """Trains a cross-encoder, LLM or layer-wise reranker on grouped pairs.
 
@@ -307,8 +292,6 @@ class RerankerTrainer(GroupTrainer):
         self.distill_from_last = distill_from_last
         # our loss is a mean over queries; tell the Trainer to scale it for gradient accumulation itself
         self.model_accepts_loss_kwargs = False
-        if self.train_dataset is not None:
-            self.add_callback(_EpochSeedCallback(self.train_dataset))
 
     def pair_scores(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores of every pair: (N,) or, layer-wise, (N, layers)."""

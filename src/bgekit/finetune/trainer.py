@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from bgekit.finetune import losses
 from bgekit.finetune.data import GroupDataset, SameDatasetBatchSampler
@@ -29,6 +29,21 @@ from bgekit.inference.heads import pool
 from bgekit.models.settings import write_saved_settings
 
 logger = logging.getLogger(__name__)
+
+
+class EpochSeedCallback(TrainerCallback):
+    """Tell the dataset which epoch starts, so every process draws that epoch's negatives.
+
+    accelerate calls ``dataset.set_epoch`` only when the sampler has no ``set_epoch`` of its own, which
+    is the single-process case; under DDP each epoch would otherwise reuse epoch 0's negatives.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(int((state.epoch or 0.0) + 1e-6))
 
 
 class GroupTrainer(Trainer):
@@ -58,6 +73,8 @@ class GroupTrainer(Trainer):
         self.saved_settings = dict(saved_settings or {})
         self.settings_kind = settings_kind
         self.same_dataset_within_batch = same_dataset_within_batch
+        if self.train_dataset is not None:
+            self.add_callback(EpochSeedCallback(self.train_dataset))
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Sampler[int] | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
