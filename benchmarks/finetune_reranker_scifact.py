@@ -125,21 +125,10 @@ def rerank_runs(
 def fuse(
     dense: dict[str, dict[str, float]], rerank: dict[str, dict[str, float]], alpha: float
 ) -> dict[str, dict[str, float]]:
-    """``alpha * z(reranker score) + (1 - alpha) * z(retrieval score)`` over each query's reranked documents
-    (z: standardised within the query), a common way to keep the first stage's signal."""
-    import numpy as np
+    """What ``bgekit eval --rerank-fusion-weight ALPHA`` ranks by (``bgekit.evaluation.search.fuse_scores``)."""
+    from bgekit.evaluation.search import fuse_scores
 
-    fused: dict[str, dict[str, float]] = {}
-    for qid, docs in rerank.items():
-        ids = list(docs)
-        if not ids:
-            fused[qid] = {}
-            continue
-        r = np.array([docs[d] for d in ids], dtype=np.float64)
-        e = np.array([dense[qid][d] for d in ids], dtype=np.float64)
-        z = lambda x: (x - x.mean()) / (x.std() + 1e-9)  # noqa: E731
-        fused[qid] = dict(zip(ids, (alpha * z(r) + (1 - alpha) * z(e)).tolist(), strict=True))
-    return fused
+    return fuse_scores(dense, rerank, alpha)
 
 
 def ndcg10(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> float:
@@ -283,7 +272,9 @@ def main() -> int:
     )
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total / 60:.1f} min")
     print(f"peak memory: training/mining processes {peak_children:.0f} MiB, this process {peak_self:.0f} MiB")
-    print(f"reproduce the test number: bgekit eval --model {model} --dataset {data} --reranker {best[2]}")
+    command = f"bgekit eval --model {model} --dataset {data} --reranker {best[2]} --rerank-top-k {args.rerank_top_k}"
+    print(f"reproduce the test numbers: {command}  (reranker alone)")
+    print(f"                            {command} --rerank-fusion-weight {best[3]:.1f}  (fused)")
     return 0
 
 

@@ -98,3 +98,38 @@ def test_eval_command_errors(tiny_bert_dir: str, tmp_path: Path, capsys: pytest.
         == 2
     )
     assert "not a dataset folder nor a known dataset name; expected a BEIR folder" in capsys.readouterr().err
+
+
+def test_eval_command_reranks_with_fusion_and_reranker_options(
+    tiny_bert_dir: str, minilm_tokenizer_dir: str, data_root: Path, tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=1,
+    )
+    folder = tmp_path / "cross-encoder"
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "results"
+    argv = [
+        "eval", "--model", tiny_bert_dir, "--dataset", str(data_root / "sci-a"), "--k-values", "1", "10",
+        "--reranker", str(folder), "--rerank-top-k", "10", "--rerank-fusion-weight", "0.5",
+        "--rerank-dtype", "bf16", "--rerank-max-length", "64", "--output-dir", str(out), "--no-progress",
+        "--format", "json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["reranker"]["fusion_weight"] == 0.5
+    retrieval, reranked = report["results"]
+    assert reranked["stage"] == "rerank"
+    # only the top 10 are reordered: recall@10 is the retrieval's
+    assert reranked["scores"]["recall_at_10"] == pytest.approx(retrieval["scores"]["recall_at_10"])

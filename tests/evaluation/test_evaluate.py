@@ -214,6 +214,33 @@ def test_rerank_with_a_real_bgekit_reranker(
     assert result.results[1].scores["recall_at_5"] == pytest.approx(result.results[0].scores["recall_at_5"])
 
 
+def test_rerank_fusion_weight(tiny: Embedder, mini_scifact: str) -> None:
+    """Weight 1 ranks as the reranker alone, weight 0 as retrieval; 0.5 mixes standardised scores."""
+
+    def run(weight: float | None) -> Any:
+        return evaluate(
+            tiny,
+            mini_scifact,
+            reranker=OverlapReranker(),
+            rerank_top_k=20,
+            rerank_fusion_weight=weight,
+            k_values=[1, 10, 20],
+            show_progress=False,
+        )
+
+    alone, only_reranker, only_retrieval, half = run(None), run(1.0), run(0.0), run(0.5)
+    assert only_reranker.results[1].scores["ndcg_at_10"] == pytest.approx(
+        alone.results[1].scores["ndcg_at_10"]
+    )
+    assert only_retrieval.results[1].scores["ndcg_at_10"] == pytest.approx(
+        alone.results[0].scores["ndcg_at_10"]
+    )
+    assert half.config["reranker"]["fusion_weight"] == 0.5
+    assert half.results[1].scores["recall_at_20"] == pytest.approx(alone.results[0].scores["recall_at_20"])
+    with pytest.raises(ConfigError, match="rerank_fusion_weight must be in"):
+        run(1.5)
+
+
 def test_bad_arguments(tiny: Embedder, mini_scifact: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="main_score='ndcg_at_7' is not computed"):
         evaluate(tiny, mini_scifact, main_score="ndcg_at_7")

@@ -8,7 +8,7 @@ import pytest
 from bgekit.errors import ConfigError, InputError
 from bgekit.evaluation.datasets import RetrievalDataset
 from bgekit.evaluation.metrics import ranked
-from bgekit.evaluation.search import dense_search, encode_corpus_into_index, rerank, search_index
+from bgekit.evaluation.search import dense_search, encode_corpus_into_index, fuse_scores, rerank, search_index
 from bgekit.inference.inputs import corpus_item_text
 
 
@@ -137,3 +137,19 @@ def test_rerank_checks_the_reranker_output() -> None:
     )
     with pytest.raises(InputError, match="1 scores for 2 pairs"):
         rerank(Short(), ds, {"q": {"a": 1.0, "b": 0.5}}, top_k=10)
+
+
+def test_fuse_scores_standardises_each_stage_per_query() -> None:
+    retrieved = {"q": {"a": 0.9, "b": 0.5, "c": 0.1, "d": 0.0}, "empty": {}}
+    reranked = {"q": {"a": 10.0, "b": 30.0, "c": 20.0}, "empty": {}}
+    fused = fuse_scores(retrieved, reranked, 0.5)
+    assert set(fused["q"]) == {"a", "b", "c"} and fused["empty"] == {}
+    z_rerank = np.array([-1.0, 1.0, 0.0]) / np.std([-1.0, 1.0, 0.0])
+    dense = np.array([0.9, 0.5, 0.1])
+    z_dense = (dense - dense.mean()) / dense.std()
+    expected = 0.5 * z_rerank + 0.5 * z_dense
+    assert [fused["q"][d] for d in "abc"] == pytest.approx(expected.tolist(), abs=1e-6)
+    with pytest.raises(ConfigError, match="in \\[0, 1\\]"):
+        fuse_scores(retrieved, reranked, -0.1)
+    with pytest.raises(InputError, match="'x' has no retrieval score"):
+        fuse_scores(retrieved, {"q": {"x": 1.0}}, 0.5)

@@ -31,6 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="qrels split (default: test)")
     parser.add_argument("--reranker", default=None, help="reranker folder: rerank the top --rerank-top-k")
     parser.add_argument("--rerank-top-k", type=int, default=100)
+    parser.add_argument(
+        "--rerank-fusion-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="rank by W * z(rerank score) + (1 - W) * z(retrieval score), standardised per query "
+        "(default: the reranker's score alone)",
+    )
+    parser.add_argument("--rerank-dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--rerank-batch-size", type=int, default=None)
+    parser.add_argument("--rerank-max-length", type=int, default=None)
+    parser.add_argument("--rerank-devices", nargs="+", default=None, help="one reranker worker per device")
     parser.add_argument("--search-top-k", type=int, default=1000)
     parser.add_argument("--k-values", type=int, nargs="+", default=list(DEFAULT_K_VALUES))
     parser.add_argument("--main-score", default="ndcg_at_10")
@@ -114,6 +126,19 @@ def _evaluate(args: argparse.Namespace) -> Any:
         metrics=args.metrics,
         reranker=args.reranker,
         rerank_top_k=args.rerank_top_k,
+        rerank_fusion_weight=args.rerank_fusion_weight,
+        reranker_kwargs={
+            key: value
+            for key, value in {
+                "dtype": args.rerank_dtype,
+                "batch_size": args.rerank_batch_size,
+                "max_length": args.rerank_max_length,
+                "devices": args.rerank_devices,
+                "show_progress": False if args.no_progress else None,
+                "trust_remote_code": True if args.trust_remote_code else None,
+            }.items()
+            if value is not None
+        },
         ignore_identical_ids=args.ignore_identical_ids,
         output_dir=args.output_dir,
         overwrite=args.overwrite,

@@ -30,6 +30,7 @@ from bgekit.evaluation.search import (
     EncoderLike,
     RerankerLike,
     dense_search,
+    fuse_scores,
     rerank,
 )
 
@@ -168,7 +169,7 @@ def resolve_datasets(specs: Any, split: str) -> list[RetrievalDataset]:
     return datasets
 
 
-def _load_reranker(reranker: Any) -> tuple[RerankerLike, str]:
+def _load_reranker(reranker: Any, kwargs: dict[str, Any]) -> tuple[RerankerLike, str]:
     if isinstance(reranker, str | os.PathLike):
         try:
             from bgekit import Reranker
@@ -177,7 +178,7 @@ def _load_reranker(reranker: Any) -> tuple[RerankerLike, str]:
                 "bgekit.Reranker is not available in this installation; pass a reranker object with "
                 "compute_score(pairs) instead"
             ) from exc
-        return Reranker(os.fspath(reranker)), default_model_name(os.fspath(reranker))
+        return Reranker(os.fspath(reranker), **kwargs), default_model_name(os.fspath(reranker))
     if not callable(getattr(reranker, "compute_score", None)):
         raise ConfigError(
             f"reranker must be a path or an object with compute_score(pairs), got {type(reranker).__name__}"
@@ -227,6 +228,8 @@ def evaluate(
     metrics: Sequence[str] | None = None,
     reranker: Any = None,
     rerank_top_k: int = 100,
+    rerank_fusion_weight: float | None = None,
+    reranker_kwargs: dict[str, Any] | None = None,
     ignore_identical_ids: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
@@ -258,6 +261,9 @@ def evaluate(
         reranker: a reranker folder (loaded with ``bgekit.Reranker``) or an object with
             ``compute_score(pairs) -> list[float]``.
         rerank_top_k: documents reranked per query.
+        rerank_fusion_weight: rank by ``w * z(rerank) + (1 - w) * z(retrieval)`` (scores standardised per
+            query; see ``fuse_scores``) instead of the reranker's score alone.
+        reranker_kwargs: passed to ``bgekit.Reranker`` when ``reranker`` is a path (``dtype``, ``devices``...).
         ignore_identical_ids: drop retrieved documents whose id equals the query id (ArguAna, Quora).
         output_dir: where the cache, TREC run files and reports go (nothing is written when None).
         overwrite: recompute instead of reading the cache.
@@ -288,6 +294,8 @@ def evaluate(
             raise ConfigError(f"unknown metric(s) {unknown}; valid names: {metric_names(ks)}")
     if search_top_k < 1 or rerank_top_k < 1:
         raise ConfigError("search_top_k and rerank_top_k must be >= 1")
+    if rerank_fusion_weight is not None and not 0.0 <= rerank_fusion_weight <= 1.0:
+        raise ConfigError(f"rerank_fusion_weight must be in [0, 1], got {rerank_fusion_weight}")
     if reranker is not None and rerank_top_k > search_top_k:
         raise ConfigError(f"rerank_top_k={rerank_top_k} exceeds search_top_k={search_top_k}")
 
@@ -305,7 +313,7 @@ def evaluate(
     rerank_model: RerankerLike | None = None
     rerank_name = None
     if reranker is not None:
-        rerank_model, rerank_name = _load_reranker(reranker)
+        rerank_model, rerank_name = _load_reranker(reranker, dict(reranker_kwargs or {}))
     rerank_key = _fingerprint(rerank_model) if rerank_model is not None else None
 
     config: dict[str, Any] = {
@@ -317,7 +325,12 @@ def evaluate(
         "corpus_chunk_size": corpus_chunk_size,
         "reranker": None
         if reranker is None
-        else {"name": rerank_name, "fingerprint": rerank_key, "top_k": rerank_top_k},
+        else {
+            "name": rerank_name,
+            "fingerprint": rerank_key,
+            "top_k": rerank_top_k,
+            "fusion_weight": rerank_fusion_weight,
+        },
         "datasets": [{"name": d.name, "path": d.path, **d.stats()} for d in data],
         "models": [],
         "versions": _versions(),
@@ -351,6 +364,7 @@ def evaluate(
                         reranker=rerank_model,
                         rerank_key=rerank_key,
                         rerank_top_k=rerank_top_k,
+                        fusion_weight=rerank_fusion_weight,
                         out=out,
                         overwrite=overwrite,
                         per_query=per_query,
@@ -385,6 +399,7 @@ def _evaluate_one(
     reranker: RerankerLike | None,
     rerank_key: str | None,
     rerank_top_k: int,
+    fusion_weight: float | None,
     out: str | None,
     overwrite: bool,
     per_query: bool,
@@ -431,6 +446,8 @@ def _evaluate_one(
             reranked = rerank(reranker, dataset, results, rerank_top_k)
             if cache is not None and rerank_key:
                 cache.save_rerank(settings, reranked)
+        if fusion_weight is not None:
+            reranked = fuse_scores(results, reranked, fusion_weight)
         stages.append(("rerank", reranked, {"rerank": time.perf_counter() - start}, cached))
 
     outputs = []

@@ -175,7 +175,9 @@ def dense_search(
     )
     start = time.perf_counter()
     query_ids = list(dataset.queries)
-    query_vectors = dense_array(embedder.encode_queries([dataset.queries[q] for q in query_ids]), len(query_ids))
+    query_vectors = dense_array(
+        embedder.encode_queries([dataset.queries[q] for q in query_ids]), len(query_ids)
+    )
     results = search_index(
         index,
         doc_ids,
@@ -224,3 +226,40 @@ def rerank(
     for (query_id, doc_id), score in zip(keys, scores, strict=True):
         reranked[query_id][doc_id] = float(score)
     return reranked
+
+
+def fuse_scores(
+    retrieved: dict[str, dict[str, float]], reranked: dict[str, dict[str, float]], weight: float
+) -> dict[str, dict[str, float]]:
+    """``weight * z(reranker score) + (1 - weight) * z(retrieval score)`` over each query's reranked documents.
+
+    ``z`` standardises within the query (mean 0, standard deviation 1), so the two stages' scales do not
+    matter. Keeps the first stage's signal when the reranker alone would lose it (a small fine-tuned
+    cross-encoder, say); ``weight=1`` ranks as the reranker alone. Only the reranked documents are kept.
+
+    Example:
+        >>> fused = fuse_scores({"q": {"a": 0.9, "b": 0.1}}, {"q": {"a": -1.0, "b": 1.0}}, 0.25)
+        >>> max(fused["q"], key=fused["q"].get)
+        'a'
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"rerank fusion weight must be in [0, 1], got {weight}")
+    fused: dict[str, dict[str, float]] = {}
+    for query_id, docs in reranked.items():
+        ids = list(docs)
+        if not ids:
+            fused[query_id] = {}
+            continue
+        first = retrieved.get(query_id, {})
+        missing = [d for d in ids if d not in first]
+        if missing:
+            raise InputError(f"query {query_id!r}: reranked document {missing[0]!r} has no retrieval score")
+        second = np.array([docs[d] for d in ids], dtype=np.float64)
+        dense = np.array([first[d] for d in ids], dtype=np.float64)
+        mixed = weight * _standardised(second) + (1.0 - weight) * _standardised(dense)
+        fused[query_id] = dict(zip(ids, mixed.tolist(), strict=True))
+    return fused
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean()) / (values.std() + 1e-9)
