@@ -42,6 +42,8 @@ from bgekit.models.settings import (
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_TOKENS_PER_BATCH = 16384
+CPU_MAX_TOKENS_PER_BATCH = 4096
+"""CPU default budget: activations that stay in cache beat bigger matrix products (benchmarks/encode.py)."""
 """Padded tokens per batch; keeps attention memory bounded for long texts while short ones batch wide."""
 
 _SETTING_ARGS = tuple(f for f in EmbedderSettings.field_names() if f not in ("extra", "dtype"))
@@ -111,7 +113,8 @@ class Embedder:
         device: one device (``"cpu"``, ``"cuda:0"``); default CUDA when present.
         devices: several devices: one worker process per device, the work split between them.
         batch_size: most texts in one batch.
-        max_tokens_per_batch: most padded tokens in one batch (the engine's token budget).
+        max_tokens_per_batch: most padded tokens in one batch (the engine's token budget; default 4,096 on
+            CPU, where activations that stay in cache run fastest, 16,384 on GPU; ``None``: no cap).
         show_progress: progress bar (``None``: only for long inputs).
         trust_remote_code: run code shipped with the checkpoint (off unless asked).
 
@@ -137,8 +140,6 @@ class Embedder:
         self.settings, self.settings_origin = resolve_embedder_settings(model_name_or_path, self.folder, explicit)
         self.trust_remote_code = bool(kwargs.get("trust_remote_code", False))
         self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
-        mtpb = kwargs.get("max_tokens_per_batch", DEFAULT_MAX_TOKENS_PER_BATCH)
-        self.max_tokens_per_batch = None if mtpb is None else int(mtpb)
         self.show_progress = kwargs.get("show_progress")
         from transformers import AutoConfig
 
@@ -159,6 +160,11 @@ class Embedder:
         self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
         self.device = resolve_device(self.devices[0])
         self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
+        if "max_tokens_per_batch" in kwargs:
+            mtpb = kwargs["max_tokens_per_batch"]
+        else:
+            mtpb = CPU_MAX_TOKENS_PER_BATCH if self.device.type == "cpu" else DEFAULT_MAX_TOKENS_PER_BATCH
+        self.max_tokens_per_batch = None if mtpb is None else int(mtpb)
         self.quantization = kwargs.get("quantization")
         if self.quantization not in (None, "int8"):
             raise ConfigError(f"quantization={self.quantization!r} is not valid; choose None or 'int8'")

@@ -45,6 +45,8 @@ from bgekit.models.settings import normalize_dtype, write_saved_settings
 DEFAULT_BATCH_SIZE = 128
 """FlagEmbedding's reranker batch size."""
 DEFAULT_MAX_TOKENS_PER_BATCH = 32768
+CPU_MAX_TOKENS_PER_BATCH = 4096
+"""CPU default budget: activations that stay in cache beat bigger matrix products (benchmarks/encode.py)."""
 """Padded tokens per batch: short pairs batch wide, long ones stay within memory."""
 
 _SETTING_ARGS = tuple(RerankerSettings.field_names())
@@ -108,7 +110,8 @@ class Reranker:
         compress_layers / compress_ratio: the lightweight reranker's token compression (checkpoint code).
         dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
         device / devices: one device, or several (one worker process per device).
-        batch_size / max_tokens_per_batch: the batching engine's limits.
+        batch_size / max_tokens_per_batch: the batching engine's limits (token budget default 4,096 on CPU,
+            32,768 on GPU; ``None``: no cap).
         show_progress: progress bar (``None``: only for long inputs).
         trust_remote_code: run code shipped with the checkpoint (off unless asked).
         peft_path: a LoRA/PEFT adapter, loaded onto the model and merged.
@@ -140,8 +143,6 @@ class Reranker:
         )
         self.kind: str = str(self.settings.kind)
         self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
-        mtpb = kwargs.get("max_tokens_per_batch", DEFAULT_MAX_TOKENS_PER_BATCH)
-        self.max_tokens_per_batch = None if mtpb is None else int(mtpb)
         self.show_progress = kwargs.get("show_progress")
         self.dtype = normalize_dtype(self.settings.dtype or "fp32")
 
@@ -156,6 +157,11 @@ class Reranker:
         self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
         self.device = resolve_device(self.devices[0])
         self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
+        if "max_tokens_per_batch" in kwargs:
+            mtpb = kwargs["max_tokens_per_batch"]
+        else:
+            mtpb = CPU_MAX_TOKENS_PER_BATCH if self.device.type == "cpu" else DEFAULT_MAX_TOKENS_PER_BATCH
+        self.max_tokens_per_batch = None if mtpb is None else int(mtpb)
         self.quantization = kwargs.get("quantization")
         if self.quantization not in (None, "int8"):
             raise ConfigError(f"quantization={self.quantization!r} is not valid; choose None or 'int8'")
