@@ -179,13 +179,16 @@ def main() -> None:
             print(f"[{path}] {results[path]['seconds']:.1f}s", file=sys.stderr)
     if not results:
         sys.exit("no path ran")
+    # a shared machine's speed drifts: the best of the measurements before and after the run is the peak
+    peaks = {d: max(peaks[d], matmul_peak_gflops(d, args.threads)) for d in peaks}
+    print(f"# matmul peak, best of before/after: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     base = results.get(BASELINE, {}).get("seconds")
     ref = vectors.get(REFERENCE)
     test_q, test_ids = test_queries()
     rows = []
     for path, res in results.items():
         rate = res["n"] / res["seconds"]
-        dtype = "bf16" if ("bf16" in path or "int8" in path) else "fp32"  # int8 measured against bf16 peak
+        dtype = "bf16" if "bf16" in path else "fp32"  # int8 against the fp32 peak: no int8 peak is measured
         frac = flops / res["seconds"] / 1e9 / peaks[dtype]
         cos = f"{float((vectors[path] * ref).sum(1).min()):.5f}" if ref is not None else "-"
         ndcg = (
