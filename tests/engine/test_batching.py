@@ -110,3 +110,13 @@ def test_pad_sequences(side: str) -> None:
         assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
         assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["token_type_ids"].shape == (2, 3)
+
+
+def test_token_budget_defaults_by_device_and_respects_what_is_given() -> None:
+    from bgekit.engine import CPU_MAX_TOKENS_PER_BATCH, default_token_budget
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert default_token_budget({}, cpu, 16384) == CPU_MAX_TOKENS_PER_BATCH == 4096
+    assert default_token_budget({}, gpu, 16384) == 16384
+    assert default_token_budget({"max_tokens_per_batch": "2048"}, cpu, 16384) == 2048
+    assert default_token_budget({"max_tokens_per_batch": None}, gpu, 16384) is None

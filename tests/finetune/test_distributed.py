@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import build_tiny_bert  # tests/conftest.py (pytest puts tests/ on sys.path)
+from .launch import torchrun
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-
-
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir: str) -> str:
-    return build_tiny_bert(
-        tmp_path_factory.mktemp("tiny-bert-nodrop"),
-        minilm_tokenizer_dir,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
 
 
 @pytest.mark.slow

@@ -1,7 +1,22 @@
 """The one batching engine (tokenize, sort by length, token budget, OOM back-off, input order) and the
 multi-device worker pool; every embedder and reranker runs through them."""
 
-from bgekit.engine.batching import BatchEngine, is_out_of_memory, pad_sequences, tokenize_texts
+from bgekit.engine.batching import (
+    CPU_MAX_TOKENS_PER_BATCH,
+    BatchEngine,
+    default_token_budget,
+    is_out_of_memory,
+    pad_sequences,
+    tokenize_texts,
+)
 from bgekit.engine.pool import DevicePool
 
-__all__ = ["BatchEngine", "DevicePool", "is_out_of_memory", "pad_sequences", "tokenize_texts"]
+__all__ = [
+    "CPU_MAX_TOKENS_PER_BATCH",
+    "BatchEngine",
+    "DevicePool",
+    "default_token_budget",
+    "is_out_of_memory",
+    "pad_sequences",
+    "tokenize_texts",
+]

@@ -20,6 +20,19 @@ logger = logging.getLogger(__name__)
 PROGRESS_THRESHOLD = 1024
 """With ``show_progress=None`` a bar is shown for inputs at least this long."""
 
+CPU_MAX_TOKENS_PER_BATCH = 4096
+"""CPU default token budget: activations that stay in cache beat bigger matrix products (benchmarks/encode.py)."""
+
+
+def default_token_budget(kwargs: dict[str, Any], device: torch.device, gpu_default: int) -> int | None:
+    """The token budget a model runs with: ``kwargs["max_tokens_per_batch"]`` when given (``None``: no cap),
+    else :data:`CPU_MAX_TOKENS_PER_BATCH` on a CPU and ``gpu_default`` elsewhere."""
+    if "max_tokens_per_batch" in kwargs:
+        budget = kwargs["max_tokens_per_batch"]
+    else:
+        budget = CPU_MAX_TOKENS_PER_BATCH if device.type == "cpu" else gpu_default
+    return None if budget is None else int(budget)
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for allocator failures (CUDA, MPS or CPU), False for every other error."""

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bgekit.engine import BatchEngine, DevicePool, pad_sequences, tokenize_texts
+from bgekit.engine import BatchEngine, DevicePool, default_token_budget, pad_sequences, tokenize_texts
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference import m3
@@ -41,9 +41,7 @@ from bgekit.models.settings import (
 )
 
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_MAX_TOKENS_PER_BATCH = 16384
-CPU_MAX_TOKENS_PER_BATCH = 4096
-"""CPU default budget: activations that stay in cache beat bigger matrix products (benchmarks/encode.py)."""
+DEFAULT_MAX_TOKENS_PER_BATCH = 16384  # on GPUs; CPUs use engine.CPU_MAX_TOKENS_PER_BATCH
 """Padded tokens per batch; keeps attention memory bounded for long texts while short ones batch wide."""
 
 _SETTING_ARGS = tuple(f for f in EmbedderSettings.field_names() if f not in ("extra", "dtype"))
@@ -160,11 +158,7 @@ class Embedder:
         self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
         self.device = resolve_device(self.devices[0])
         self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
-        if "max_tokens_per_batch" in kwargs:
-            mtpb = kwargs["max_tokens_per_batch"]
-        else:
-            mtpb = CPU_MAX_TOKENS_PER_BATCH if self.device.type == "cpu" else DEFAULT_MAX_TOKENS_PER_BATCH
-        self.max_tokens_per_batch = None if mtpb is None else int(mtpb)
+        self.max_tokens_per_batch = default_token_budget(kwargs, self.device, DEFAULT_MAX_TOKENS_PER_BATCH)
         self.quantization = kwargs.get("quantization")
         if self.quantization not in (None, "int8"):
             raise ConfigError(f"quantization={self.quantization!r} is not valid; choose None or 'int8'")
