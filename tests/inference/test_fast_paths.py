@@ -105,3 +105,45 @@ def test_cross_encoder_fast_paths(
         assert np.corrcoef(fast, fp32)[0, 1] >= 0.98
     with pytest.raises(ConfigError, match="runs on backend='onnx'"):
         Reranker(minilm_cross_encoder, backend="torch", quantization="int8")
+
+
+def test_onnx_m3_heads_equal_torch(tmp_path: Path, tiny_m3_dir: str, scifact_corpus: list[dict]) -> None:
+    """XLM-RoBERTa through ONNX: dense, sparse and ColBERT outputs equal the torch backend's."""
+    folder = tmp_path / "m3"
+    shutil.copytree(tiny_m3_dir, folder)
+    texts = [d["text"][: 40 + 37 * i] for i, d in enumerate(scifact_corpus[:24])]  # many different lengths
+    flags = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    torch_out = Embedder(str(folder), device="cpu", passage_max_length=128).encode(texts, **flags)
+    onnx_out = Embedder(str(folder), device="cpu", backend="onnx", passage_max_length=128).encode(
+        texts, **flags
+    )
+    np.testing.assert_allclose(onnx_out["dense_vecs"], torch_out["dense_vecs"], atol=1e-5)
+    for mine, ref in zip(onnx_out["lexical_weights"], torch_out["lexical_weights"], strict=True):
+        assert mine.keys() == ref.keys()
+        np.testing.assert_allclose([mine[k] for k in ref], [ref[k] for k in ref], atol=1e-5)
+    for mine, ref in zip(onnx_out["colbert_vecs"], torch_out["colbert_vecs"], strict=True):
+        np.testing.assert_allclose(mine, ref, atol=1e-5)
+
+
+def test_onnx_runner_packs_padded_batches(minilm_copy: str, sample: tuple) -> None:
+    """A padded batch (right or left padding) gives each row what it gives alone, with zeros at the pads."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from bgekit.inference.embedder import file_fingerprint
+    from bgekit.inference.onnx_backend import OnnxRunner, export_onnx
+
+    path = export_onnx(minilm_copy, "feature-extraction", None, file_fingerprint(minilm_copy)[:16])
+    runner = OnnxRunner(path, "feature-extraction")
+    assert "attention_mask" not in runner.input_names  # fused mask-free attention: the runner must unpad
+    tokenizer = AutoTokenizer.from_pretrained(minilm_copy)
+    texts = ["a short one", sample[1][0], "a short two", sample[0][0]["text"][:300], "x"]
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        out = runner(**batch).last_hidden_state
+        for row, text in enumerate(texts):
+            alone = runner(**tokenizer([text], return_tensors="pt")).last_hidden_state[0]
+            real = batch["attention_mask"][row].bool()
+            torch.testing.assert_close(out[row][real], alone, atol=1e-5, rtol=1e-5)
+            assert bool((out[row][~real] == 0).all())
