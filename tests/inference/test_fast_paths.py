@@ -147,3 +147,21 @@ def test_onnx_runner_packs_padded_batches(minilm_copy: str, sample: tuple) -> No
             real = batch["attention_mask"][row].bool()
             torch.testing.assert_close(out[row][real], alone, atol=1e-5, rtol=1e-5)
             assert bool((out[row][~real] == 0).all())
+
+
+def test_superseded_graphs_are_removed(tmp_path: Path, tiny_bert_dir: str) -> None:
+    """A new export deletes cached graphs of older weights or formats, and only those of its precision."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    cache = folder / "onnx"
+    cache.mkdir()
+    older_format = cache / "feature-extraction-0123456789abcdef-fp32.onnx"
+    other_precision = cache / "feature-extraction-0123456789abcdef-int8.onnx"
+    other_task = cache / "sequence-classification-0123456789abcdef-fp32.onnx"
+    for stale in (older_format, other_precision, other_task):
+        stale.write_bytes(b"not a graph")
+    model = Embedder(str(folder), device="cpu", backend="onnx")
+    assert model.encode_corpus(["one text"]).shape == (1, 32)
+    graphs = sorted(p.name for p in cache.iterdir())
+    assert older_format.name not in graphs and other_precision.exists() and other_task.exists()
+    assert len([g for g in graphs if g.startswith("feature-extraction") and "-fp32-" in g]) == 1

@@ -16,6 +16,7 @@ outputs are scattered back to the padded layout the caller expects.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -146,7 +147,22 @@ def export_onnx(model_folder: str, task: Task, quantization: str | None, fingerp
         staged = target + f".tmp{os.getpid()}"
         shutil.copyfile(current, staged)
         os.replace(staged, target)  # atomic: a crash never leaves half a graph under the final name
+    _remove_superseded(folder, task, suffix, keep=target)
     return target
+
+
+def _remove_superseded(folder: str, task: Task, suffix: str, keep: str) -> None:
+    """Delete this folder's cached graphs of the same task and precision that ``keep`` replaces.
+
+    They belong to older weights (another fingerprint) or an older export format (another version) and
+    would never be loaded again; for a model the size of BGE-M3 each one is 2 GB.
+    """
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        stale = name.startswith(f"{task}-") and name.endswith(".onnx") and f"-{suffix}" in name
+        if stale and path != keep:
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
 
 class OnnxRunner:
