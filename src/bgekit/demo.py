@@ -48,10 +48,15 @@ def find_corpus() -> tuple[str, list[dict[str, str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     from bgekit import Embedder
+    from bgekit.models.loading import cpu_bf16_speedup
 
     queries = (argv if argv is not None else sys.argv[1:]) or DEFAULT_QUERIES
     source, docs = find_corpus()
-    model = Embedder(default_model_path(), dtype="bf16", show_progress=True)
+    # bf16 only where this CPU multiplies it faster than fp32 (AVX512-BF16 or AMX); emulated bf16 is slower
+    speedup = cpu_bf16_speedup()
+    dtype = "bf16" if speedup >= 1.2 else "fp32"
+    print(f"dtype:  {dtype} (bf16 matmul runs {speedup:.2f}x fp32 on this CPU)")
+    model = Embedder(default_model_path(), dtype=dtype, show_progress=True)
     print(f"model:  {model}")
     print(f"corpus: {source} ({len(docs)} documents)")
     start = time.perf_counter()
