@@ -29,11 +29,9 @@ import torch
 from bgekit.errors import ConfigError, ModelLoadError
 
 Task = Literal["feature-extraction", "sequence-classification"]
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _FUSABLE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert"}
-GRAPH_VERSION = (
-    "v2"  # bump when the export or fusion changes, so cached graphs of older builds are not reused
-)
+# bump when the export or fusion changes, so cached graphs of older builds are not reused
+GRAPH_VERSION = "v2"
 DISABLED_SESSION_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
@@ -211,43 +209,34 @@ class OnnxRunner:
         return SimpleNamespace(logits=output)
 
     def _run(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        given = {
-            "input_ids": input_ids,
-            "token_type_ids": token_type_ids,
-            "attention_mask": torch.ones_like(input_ids),
+        given = {"input_ids": input_ids, "token_type_ids": token_type_ids}
+        feed = {
+            name: given[name].numpy().astype(np.int64)
+            if name in given
+            else np.ones(input_ids.shape, np.int64)
+            for name in self.input_names  # an unfused graph still takes attention_mask: all ones when packed
         }
-        feed = {name: given[name].numpy().astype(np.int64) for name in self.input_names}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
     def _run_packed(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         """Run each group of equal-length rows without its padding; scatter back to the padded layout."""
-        output: torch.Tensor | None = None
-        for length in lengths.unique().tolist():
-            rows = (lengths == length).nonzero().squeeze(1)
-            keep = real[rows]
-            if length == 0:
-                continue
-            result = self._run(
-                input_ids[rows][keep].view(len(rows), length),
-                token_type_ids[rows][keep].view(len(rows), length),
-            )
-            if output is None:
-                shape = (
-                    (*input_ids.shape, *result.shape[2:])
-                    if self.task == "feature-extraction"
-                    else (input_ids.shape[0], *result.shape[1:])
-                )
-                output = result.new_zeros(shape)
-            if self.task == "feature-extraction":
-                chosen = torch.zeros_like(real)
-                chosen[rows] = keep
-                output[chosen] = result.reshape(-1, *result.shape[2:])
-            else:
-                output[rows] = result
-        if output is None:
+        if not bool(lengths.any()):
             raise ConfigError("every row of the batch is empty (its attention mask is all zeros)")
+        output: torch.Tensor | None = None
+        for length in lengths[lengths > 0].unique().tolist():
+            rows = (lengths == length).nonzero()  # (g, 1): broadcasts against the positions below
+            positions = real[rows.squeeze(1)].nonzero()[:, 1].view(len(rows), length)
+            result = self._run(input_ids[rows, positions], token_type_ids[rows, positions])
+            if output is None:
+                rows_shape = input_ids.shape if self.task == "feature-extraction" else input_ids.shape[:1]
+                output = result.new_zeros((*rows_shape, *result.shape[len(rows_shape) :]))
+            if self.task == "feature-extraction":
+                output[rows, positions] = result
+            else:
+                output[rows.squeeze(1)] = result
+        assert output is not None
         return output
 
     __call__ = forward
