@@ -52,11 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     queries = (argv if argv is not None else sys.argv[1:]) or DEFAULT_QUERIES
     source, docs = find_corpus()
-    # bf16 only where this CPU multiplies it faster than fp32 (AVX512-BF16 or AMX); emulated bf16 is slower
-    speedup = cpu_bf16_speedup()
-    dtype = "bf16" if speedup >= 1.2 else "fp32"
-    print(f"dtype:  {dtype} (bf16 matmul runs {speedup:.2f}x fp32 on this CPU)")
-    model = Embedder(default_model_path(), dtype=dtype, show_progress=True)
+    model = Embedder(default_model_path(), dtype="auto", show_progress=True)
+    # "auto": bf16 only where this CPU multiplies it faster than fp32 (AVX512-BF16 or AMX); emulated is slower
+    measured = f" (bf16 matmul runs {cpu_bf16_speedup():.2f}x fp32 on this CPU)" if model.device.type == "cpu" else ""
+    print(f"dtype:  {model.dtype}{measured}")
     print(f"model:  {model}")
     print(f"corpus: {source} ({len(docs)} documents)")
     start = time.perf_counter()

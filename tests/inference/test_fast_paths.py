@@ -105,6 +105,10 @@ def test_cross_encoder_fast_paths(
         assert np.corrcoef(fast, fp32)[0, 1] >= 0.98
     with pytest.raises(ConfigError, match="runs on backend='onnx'"):
         Reranker(minilm_cross_encoder, backend="torch", quantization="int8")
+    with pytest.raises(ConfigError, match="needs backend='torch'"):
+        Reranker(minilm_cross_encoder, backend="onnx", dtype="fp16")
+    auto = Reranker(minilm_cross_encoder, device="cpu", dtype="auto")
+    assert auto.dtype in ("bf16", "fp32") and next(auto.model.parameters()).dtype == auto.torch_dtype
 
 
 def test_onnx_m3_heads_equal_torch(tmp_path: Path, tiny_m3_dir: str, scifact_corpus: list[dict]) -> None:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="JSONL with text (and title) per line, or a .txt file")
     parser.add_argument("--output", required=True, help="where to write the .npy embeddings")
     parser.add_argument("--queries", action="store_true", help="encode as queries (query instruction)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rank by W * z(rerank score) + (1 - W) * z(retrieval score), standardised per query "
         "(default: the reranker's score alone)",
     )
-    parser.add_argument("--rerank-dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--rerank-dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--rerank-batch-size", type=int, default=None)
     parser.add_argument("--rerank-max-length", type=int, default=None)
     parser.add_argument("--rerank-devices", nargs="+", default=None, help="one reranker worker per device")
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-max-length", type=int, default=None)
     parser.add_argument("--passage-max-length", type=int, default=None)
     parser.add_argument("--truncate-dim", type=int, default=None)
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device")
     parser.add_argument("--trust-remote-code", action="store_true")

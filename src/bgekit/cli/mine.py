@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--passage-instruction", default=None, help="passage instruction (default: the model's)"
     )
     parser.add_argument("--cache-dir", default=None, help="cache corpus embeddings here")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--devices", nargs="+", default=None, help="one encoding worker per device")
     parser.add_argument("--seed", type=int, default=42)

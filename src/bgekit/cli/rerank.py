@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help='JSONL with {"query": ..., "passage": ...} per line')
     parser.add_argument("--output", required=True, help="where to write the JSONL scores")
     parser.add_argument("--normalize", action="store_true", default=None, help="sigmoid the scores")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None, help="token limit of a pair (default 512)")
     parser.add_argument("--query-max-length", type=int, default=None, help="token limit of the query")

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="training JSONL with query, pos, neg per line")
     parser.add_argument("--output", required=True, help="where to write the scored JSONL")
     parser.add_argument("--batch-size", type=int, default=None, help="reranker batch size")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--devices", nargs="+", default=None, help="one reranker worker per device")
 
 

@@ -25,6 +25,7 @@ from bgekit.inference.heads import (
 )
 from bgekit.inference.inputs import apply_instruction, as_corpus_list, as_text_list
 from bgekit.models.loading import (
+    choose_dtype,
     load_pretrained,
     load_tokenizer,
     model_max_length,
@@ -107,7 +108,9 @@ class Embedder:
             model's own limit (``sentence_bert_config.json``'s ``max_seq_length`` when present, else the
             smaller of the position-embedding count and the tokenizer's limit), as sentence-transformers.
         truncate_dim: keep only the first dimensions (Matryoshka), applied before normalisation.
-        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (fp16 on CPU falls back to fp32 with a warning).
+        dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (bf16 where this GPU or CPU runs it fast,
+            else fp16 on GPUs and fp32 on CPUs; see ``choose_dtype``). fp16 on CPU falls back to fp32 with a
+            warning. ``backend="onnx"`` runs fp32 (int8 with ``quantization="int8"``).
         device: one device (``"cpu"``, ``"cuda:0"``); default CUDA when present.
         devices: several devices: one worker process per device, the work split between them.
         batch_size: most texts in one batch.
@@ -157,7 +160,6 @@ class Embedder:
             raise ConfigError("devices=[] is empty; name at least one device or leave it out")
         self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
         self.device = resolve_device(self.devices[0])
-        self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
         self.max_tokens_per_batch = default_token_budget(kwargs, self.device, DEFAULT_MAX_TOKENS_PER_BATCH)
         self.quantization = kwargs.get("quantization")
         if self.quantization not in (None, "int8"):
@@ -168,6 +170,10 @@ class Embedder:
             raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
         if self.quantization and self.backend != "onnx":
             raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
+        # ONNX graphs are fp32 whatever the checkpoint's usual dtype; only a dtype the caller gave is checked
+        given_dtype = kwargs.get("dtype") if self.backend == "onnx" else self.dtype
+        self.dtype = choose_dtype(given_dtype, self.device, self.backend)
+        self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
 
         self.tokenizer = load_tokenizer(
             self.folder, trust_remote_code=self.trust_remote_code, padding_side=self.settings.padding_side

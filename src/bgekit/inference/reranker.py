@@ -34,6 +34,7 @@ from bgekit.inference.rerank_inputs import CrossEncoderInputs, PromptInputs, as_
 from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranker_settings
 from bgekit.models import reranker_registry
 from bgekit.models.loading import (
+    choose_dtype,
     load_pretrained,
     load_tokenizer,
     resolve_device,
@@ -106,7 +107,7 @@ class Reranker:
             ``bgekit.models.reranker_registry``).
         cutoff_layers: layers to score from (layer-wise); several give one list of scores per layer.
         compress_layers / compress_ratio: the lightweight reranker's token compression (checkpoint code).
-        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (as for ``Embedder``).
         device / devices: one device, or several (one worker process per device).
         batch_size / max_tokens_per_batch: the batching engine's limits (token budget default 4,096 on CPU,
             32,768 on GPU; ``None``: no cap).
@@ -154,7 +155,6 @@ class Reranker:
             raise ConfigError("devices=[] is empty; name at least one device or leave it out")
         self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
         self.device = resolve_device(self.devices[0])
-        self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
         self.max_tokens_per_batch = default_token_budget(kwargs, self.device, DEFAULT_MAX_TOKENS_PER_BATCH)
         self.quantization = kwargs.get("quantization")
         if self.quantization not in (None, "int8"):
@@ -165,6 +165,10 @@ class Reranker:
             raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
         if self.quantization and self.backend != "onnx":
             raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
+        # ONNX graphs are fp32 whatever the checkpoint's usual dtype; only a dtype the caller gave is checked
+        given_dtype = kwargs.get("dtype") if self.backend == "onnx" else self.dtype
+        self.dtype = choose_dtype(given_dtype, self.device, self.backend)
+        self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
 
         self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
         original_pad_id = self.tokenizer.pad_token_id

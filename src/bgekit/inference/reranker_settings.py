@@ -59,7 +59,7 @@ class RerankerSettings:
     cutoff_layers: list[int] | None = None
     compress_layers: list[int] | None = None
     compress_ratio: int | None = None
-    dtype: Literal["fp32", "fp16", "bf16"] | None = None
+    dtype: Literal["fp32", "fp16", "bf16", "auto"] | None = None
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in get_args(RerankerKind):

@@ -111,19 +111,55 @@ def cpu_bf16_speedup(size: int = 512, repeats: int = 3) -> float:
     return timings[torch.float32] / max(timings[torch.bfloat16], 1e-9)
 
 
+#: bf16 is chosen by ``dtype="auto"`` on a CPU only when its matrix products run at least this much faster
+#: than fp32: CPUs with AVX512-BF16 or AMX measure 3-4x, those that emulate bf16 0.3-0.5x.
+AUTO_BF16_MIN_SPEEDUP = 1.2
+
+
+def choose_dtype(dtype: str | None, device: torch.device, backend: str = "torch") -> str:
+    """The dtype name a model runs in: ``auto`` resolved for ``device``, checked against ``backend``.
+
+    ``auto`` means the fastest dtype that keeps embeddings within about 0.999 cosine of fp32: bf16 on GPUs
+    that support it (fp16 on older ones), bf16 on CPUs that multiply it at least
+    ``AUTO_BF16_MIN_SPEEDUP`` times faster than fp32, fp32 elsewhere. The ONNX backend runs fp32 graphs
+    (``quantization="int8"`` is its fast path), so it accepts only ``fp32`` or ``auto``.
+
+    Example:
+        >>> choose_dtype("auto", torch.device("cpu"), backend="onnx")
+        'fp32'
+    """
+    name = normalize_dtype(dtype or "fp32")
+    if backend == "onnx":
+        if name not in ("fp32", "auto"):
+            raise ConfigError(
+                f"dtype={name!r} needs backend='torch': backend='onnx' runs fp32 graphs "
+                "(use quantization='int8' for its fast path, or dtype='fp32'/'auto')"
+            )
+        return "fp32"
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_bf16_speedup() >= AUTO_BF16_MIN_SPEEDUP:
+        return "bf16"
+    return "fp32"
+
+
 def resolve_torch_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """Map ``fp32``/``fp16``/``bf16`` to a torch dtype; fp16 on CPU falls back to fp32 with a warning.
+    """Map ``fp32``/``fp16``/``bf16``/``auto`` to a torch dtype; fp16 on CPU falls back to fp32 with a warning.
 
     bf16 on a CPU that multiplies it slower than fp32 (no AVX512-BF16/AMX: emulated) is warned about.
     """
-    name = normalize_dtype(dtype or "fp32")
+    name = choose_dtype(dtype, device)
     if name == "fp16" and device.type == "cpu":
-        warnings.warn("fp16 is slow or unsupported on CPU; using fp32 (bf16 is the fast CPU choice)", stacklevel=3)
+        warnings.warn(
+            "fp16 is slow or unsupported on CPU; using fp32 (bf16 is the fast CPU choice)", stacklevel=3
+        )
         name = "fp32"
     if name == "bf16" and device.type == "cpu" and (speedup := cpu_bf16_speedup()) < 1.0:
         warnings.warn(
             f"bf16 matrix products run {speedup:.2f}x the speed of fp32 on this CPU (no AVX512-BF16 or AMX: "
-            "emulated); fp32 is likely faster here",
+            "emulated); fp32 is likely faster here (dtype='auto' picks for you)",
             stacklevel=3,
         )
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]

@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 
 Pooling = Literal["cls", "mean", "last_token"]
 Kind = Literal["encoder", "decoder", "m3", "icl"]
-Dtype = Literal["fp32", "fp16", "bf16"]
+Dtype = Literal["fp32", "fp16", "bf16", "auto"]
 PaddingSide = Literal["left", "right"]
 
 _POOLING_ALIASES = {"lasttoken": "last_token", "last": "last_token", "mean_tokens": "mean", "cls_token": "cls"}
@@ -43,7 +43,7 @@ def normalize_pooling(value: str) -> str:
 
 
 def normalize_dtype(value: str) -> str:
-    """Map dtype aliases (``float16``, ``bfloat16``) to ``fp32``/``fp16``/``bf16`` and validate them."""
+    """Map dtype aliases (``float16``, ``bfloat16``) to ``fp32``/``fp16``/``bf16``/``auto`` and validate them."""
     value = _DTYPE_ALIASES.get(str(value).lower().replace("torch.", ""), str(value).lower())
     if value not in get_args(Dtype):
         raise ConfigError(f"dtype={value!r} is not valid; choose one of {list(get_args(Dtype))}")
