@@ -75,6 +75,67 @@ def matmul_peak_gflops(dtype_name: str, threads: int, size: int = 2048, repeats:
     return 2 * size**3 / best / 1e9
 
 
+def int8_matmul_peak_gops(threads: int, size: int = 2048, repeats: int = 5) -> float | None:
+    """Measured int8 matmul throughput (GOP/s) of ONNX Runtime's dynamic-quantised kernel, the one
+    ``quantization="int8"`` runs (activations quantised per call, int8 weights); None without onnxruntime."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.integers(-127, 128, (size, size), dtype=np.int8), "w"),
+        numpy_helper.from_array(np.full(size, 0.01, np.float32), "scale"),
+    ]
+    node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "scale"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph(
+        [node], "int8_peak",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((size, size), dtype=np.float32)
+    session.run(None, {"x": x})
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"x": x})
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def measure_peaks(threads: int) -> dict[str, float]:
+    """fp32 and bf16 PyTorch matmul peaks, and ONNX Runtime's int8 one where onnxruntime is installed."""
+    peaks = {d: matmul_peak_gflops(d, threads) for d in ("fp32", "bf16")}
+    int8 = int8_matmul_peak_gops(threads)
+    if int8 is not None:
+        peaks["int8"] = int8
+    return peaks
+
+
+def describe_peaks(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{d} {v:.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peaks.items())
+
+
+def encoder_flops(model_path: str, lengths: list[int]) -> float:
+    """Forward FLOPs of an encoder over inputs of these token lengths: 2 x linear parameters per token,
+    plus attention's two (length x length x hidden) products per layer."""
+    import numpy as np
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    linear_params = layers * (4 * h * h + 2 * h * inter)
+    tokens = np.asarray(lengths, dtype=np.float64)
+    return float((2 * linear_params * tokens + layers * 4 * h * tokens**2).sum())
+
+
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
     """A Markdown table on stdout."""
     print("| " + " | ".join(headers) + " |")

@@ -25,8 +25,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     default_model_path,
+    describe_peaks,
+    encoder_flops,
     load_scifact,
-    matmul_peak_gflops,
+    measure_peaks,
     peak_rss_mb,
     print_table,
     run_worker,
@@ -113,15 +115,12 @@ def plain_of(items: list) -> list[str]:
 
 
 def model_flops(model_path: str, texts: list[str], max_length: int) -> float:
-    """Forward FLOPs of an encoder over ``texts``: 2 x linear parameters per token, plus attention."""
-    from transformers import AutoConfig, AutoTokenizer
+    """Forward FLOPs of the encoder over ``texts`` (see ``encoder_flops``)."""
+    from transformers import AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    linear_params = layers * (4 * h * h + 2 * h * inter)
-    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]])
-    return float((2 * linear_params * lengths + layers * 4 * h * lengths.astype(np.float64) ** 2).sum())
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    return encoder_flops(model_path, lengths)
 
 
 def ndcg_at_10(doc_ids: list[str], corpus_vecs: np.ndarray, query_ids: list[str], query_vecs: np.ndarray) -> float:
@@ -153,11 +152,11 @@ def main() -> None:
 
     plain, _, ids = texts_for(args.what, args.limit)
     flops = model_flops(args.model, plain, args.max_length)
-    peaks = {d: matmul_peak_gflops(d, args.threads) for d in ("fp32", "bf16")}
+    peaks = measure_peaks(args.threads)
     print(f"# encode benchmark: {len(plain)} SciFact {args.what}, max length {args.max_length}, "
           f"{args.threads} threads, model {os.path.basename(os.path.dirname(args.model))}")
-    print(f"# machine matmul peak (2048^2, measured now): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peaks['bf16']:.0f} GFLOP/s; model work {flops / 1e12:.2f} TFLOP\n")
+    print(f"# machine matmul peak (2048^2, measured now): {describe_peaks(peaks)}; "
+          f"model work {flops / 1e12:.2f} TFLOP\n")
     results: dict[str, dict] = {}
     vectors: dict[str, np.ndarray] = {}
     query_vectors: dict[str, np.ndarray] = {}
@@ -180,15 +179,15 @@ def main() -> None:
     if not results:
         sys.exit("no path ran")
     # a shared machine's speed drifts: the best of the measurements before and after the run is the peak
-    peaks = {d: max(peaks[d], matmul_peak_gflops(d, args.threads)) for d in peaks}
-    print(f"# matmul peak, best of before/after: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    peaks = {d: max(v, measure_peaks(args.threads)[d]) for d, v in peaks.items()}
+    print(f"# matmul peak, best of before/after: {describe_peaks(peaks)}")
     base = results.get(BASELINE, {}).get("seconds")
     ref = vectors.get(REFERENCE)
     test_q, test_ids = test_queries()
     rows = []
     for path, res in results.items():
         rate = res["n"] / res["seconds"]
-        dtype = "bf16" if "bf16" in path else "fp32"  # int8 against the fp32 peak: no int8 peak is measured
+        dtype = next((d for d in ("bf16", "int8") if d in path and d in peaks), "fp32")
         frac = flops / res["seconds"] / 1e9 / peaks[dtype]
         cos = f"{float((vectors[path] * ref).sum(1).min()):.5f}" if ref is not None else "-"
         ndcg = (

@@ -25,12 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import describe_peaks, encoder_flops, measure_peaks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data" / "scifact"
@@ -138,15 +142,28 @@ def overhead(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace
     print(
         f"library overhead alone (model replaced by zeros), {len(pairs)} pairs, max length {args.max_length}"
     )
-    report(len(pairs), ours_s, flag_s, st_s)
+    rows = [
+        ("sentence-transformers CrossEncoder fp32", st_s, "-"),
+        ("FlagEmbedding FlagReranker fp32", flag_s, "-"),
+        ("bgekit Reranker fp32", ours_s, "-"),
+    ]
+    report(len(pairs), rows)
 
 
-def report(n: int, rows: list[tuple[str, float, str]]) -> None:
-    """One line per path: seconds, pairs/s, speed-up over sentence-transformers fp32, quality."""
+def report(
+    n: int, rows: list[tuple[str, float, str]], flops: float | None = None, peaks: dict[str, float] | None = None
+) -> None:
+    """One line per path: seconds, pairs/s, speed-up over sentence-transformers fp32, achieved model
+    FLOP/s as a share of this machine's matmul peak in the path's arithmetic, and quality."""
     base = dict((name, seconds) for name, seconds, _ in rows)["sentence-transformers CrossEncoder fp32"]
-    print(f"{'':38s}{'seconds':>9s}{'pairs/s':>9s}{'vs ST':>8s}  quality vs bgekit fp32")
+    print(f"{'':38s}{'seconds':>9s}{'pairs/s':>9s}{'vs ST':>8s}{'model GFLOP/s':>26s}  quality vs bgekit fp32")
     for name, seconds, quality in rows:
-        print(f"{name:38s}{seconds:9.2f}{n / seconds:9.1f}{base / seconds:7.2f}x  {quality}")
+        share = "-"
+        if flops and peaks:
+            kind = next((d for d in ("bf16", "int8") if d in name and d in peaks), "fp32")
+            achieved = flops / seconds / 1e9
+            share = f"{achieved:.0f} ({achieved / peaks[kind]:.0%} of {kind} peak)"
+        print(f"{name:38s}{seconds:9.2f}{n / seconds:9.1f}{base / seconds:7.2f}x{share:>26s}  {quality}")
 
 
 def agreement(scores: np.ndarray, reference: np.ndarray, group: int = 50) -> str:
@@ -167,6 +184,7 @@ def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) ->
 
     from bgekit import Reranker
 
+    peaks = measure_peaks(torch.get_num_threads())
     warm = pairs[:16]
     ours = Reranker(folder, device="cpu", dtype="fp32", max_length=args.max_length, show_progress=False)
     ours.compute_score(warm)
@@ -206,7 +224,11 @@ def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) ->
         f"{len(pairs)} SciFact pairs, MiniLM-sized cross-encoder (6 layers, hidden 384), CPU, "
         f"torch threads={torch.get_num_threads()}, batch size {args.batch_size}, max length {args.max_length}"
     )
-    report(len(pairs), rows)
+    lengths = [len(i) for i in ours.tokenizer(*map(list, zip(*pairs, strict=True)), truncation="only_second",
+                                               max_length=args.max_length)["input_ids"]]
+    peaks = {d: max(v, measure_peaks(torch.get_num_threads())[d]) for d, v in peaks.items()}
+    print(f"matmul peak, best of before/after (2048^2): {describe_peaks(peaks)}")
+    report(len(pairs), rows, encoder_flops(folder, lengths), peaks)
 
 
 if __name__ == "__main__":
