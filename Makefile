@@ -21,6 +21,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m mypy --cache-dir=/dev/null
 	$(PY) -m pytest -q
 

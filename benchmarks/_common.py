@@ -52,26 +52,36 @@ def run_worker(script: str, args: list[str], threads: int) -> dict[str, Any]:
         [sys.executable, script, "--worker", *args], capture_output=True, text=True, env=env, check=False
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {args} failed after {time.perf_counter() - start:.0f}s:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"worker {args} failed after {time.perf_counter() - start:.0f}s:\n{proc.stderr[-3000:]}"
+        )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     raise RuntimeError(f"worker {args} printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def matmul_peak_gflops(dtype_name: str, threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """Measured dense matmul throughput (GFLOP/s) of this machine in ``dtype_name`` (fp32/bf16)."""
+def matmul_peak_gflops(
+    dtype_name: str, threads: int, size: int = 2048, repeats: int = 5, device: str = "cpu"
+) -> float:
+    """Measured dense matmul throughput (GFLOP/s) of this machine in ``dtype_name`` (fp32/bf16/fp16)."""
     import torch
 
     torch.set_num_threads(threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    gpu = device.startswith("cuda")
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    inner = 20 if gpu else 1  # a GPU matmul of this size takes well under a millisecond
     a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
+        for _ in range(inner):
+            a @ b
+        sync()
+        best = min(best, (time.perf_counter() - start) / inner)
     return 2 * size**3 / best / 1e9
 
 
@@ -91,12 +101,15 @@ def int8_matmul_peak_gops(threads: int, size: int = 2048, repeats: int = 5) -> f
     ]
     node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "scale"], ["y"], domain="com.microsoft")
     graph = helper.make_graph(
-        [node], "int8_peak",
+        [node],
+        "int8_peak",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])],
         initializer=weights,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -110,8 +123,11 @@ def int8_matmul_peak_gops(threads: int, size: int = 2048, repeats: int = 5) -> f
     return 2 * size**3 / best / 1e9
 
 
-def measure_peaks(threads: int) -> dict[str, float]:
-    """fp32 and bf16 PyTorch matmul peaks, and ONNX Runtime's int8 one where onnxruntime is installed."""
+def measure_peaks(threads: int, device: str = "cpu") -> dict[str, float]:
+    """fp32 and bf16 PyTorch matmul peaks, and ONNX Runtime's int8 one where onnxruntime is installed;
+    on a GPU the card's fp32, fp16 and bf16 peaks."""
+    if device.startswith("cuda"):
+        return {d: matmul_peak_gflops(d, threads, size=8192, device=device) for d in ("fp32", "fp16", "bf16")}
     peaks = {d: matmul_peak_gflops(d, threads) for d in ("fp32", "bf16")}
     int8 = int8_matmul_peak_gops(threads)
     if int8 is not None:
@@ -121,6 +137,19 @@ def measure_peaks(threads: int) -> dict[str, float]:
 
 def describe_peaks(peaks: dict[str, float]) -> str:
     return ", ".join(f"{d} {v:.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peaks.items())
+
+
+def describe_device(device: str) -> str:
+    """The device's name as a reader wants it in a results table."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    return model or platform.processor() or "cpu"
 
 
 def encoder_flops(model_path: str, lengths: list[int]) -> float:

@@ -9,6 +9,10 @@ search when encoding documents).
     python benchmarks/encode.py                       # 5,183 documents, max length 512, 2 threads
     python benchmarks/encode.py --what queries        # the 1,109 SciFact queries
     python benchmarks/encode.py --limit 500 --paths st-fp32 bgekit-fp32
+    python benchmarks/encode.py --device cuda         # GPU: against sentence-transformers fp16 (SDPA)
+
+On a GPU (``--device cuda``) the baseline is sentence-transformers fp16 with SDPA attention, peak memory is
+``torch.cuda.max_memory_allocated``, and the peaks are the card's fp32/fp16/bf16 matmul throughput.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     default_model_path,
+    describe_device,
     describe_peaks,
     encoder_flops,
     load_scifact,
@@ -35,8 +40,18 @@ from _common import (  # noqa: E402
 )
 
 PATHS = ["st-fp32", "flag-fp32", "bgekit-fp32", "bgekit-bf16", "bgekit-onnx-fp32", "bgekit-onnx-int8"]
-BASELINE = "st-fp32"
+GPU_PATHS = ["st-fp16", "flag-fp16", "bgekit-fp32", "bgekit-fp16", "bgekit-bf16"]
+ALL_PATHS = list(dict.fromkeys(PATHS + GPU_PATHS))
 REFERENCE = "bgekit-fp32"
+
+
+def baseline_for(device: str) -> str:
+    return "st-fp16" if device.startswith("cuda") else "st-fp32"
+
+
+def arithmetic_of(path: str, peaks: dict[str, float]) -> str:
+    """Which measured matmul peak a path is held against: its own arithmetic where it was measured."""
+    return next((d for d in ("bf16", "fp16", "int8") if d in path and d in peaks), "fp32")
 
 
 def texts_for(what: str, limit: int | None) -> tuple[list[str], list[dict], list[str]]:
@@ -62,22 +77,28 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     plain, items, _ = texts_for(args.what, args.limit)
     extra_queries, _ = test_queries() if args.what == "docs" else ([], [])
-    name, length = args.worker, args.max_length
-    if name == "st-fp32":
+    name, length, device = args.worker, args.max_length, args.device
+    if name.startswith("st-"):
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(args.model, device="cpu")
+        # the GPU baseline: fp16 weights and SDPA attention, as sentence-transformers' docs advise
+        fp16 = {"torch_dtype": torch.float16, "attn_implementation": "sdpa"} if name == "st-fp16" else None
+        st = SentenceTransformer(args.model, device=device, model_kwargs=fp16)
         st.max_seq_length = length
 
         def encode(texts: list, queries: bool = False) -> np.ndarray:
             plain_texts = texts if queries or args.what == "queries" else plain_of(texts)
             return st.encode(plain_texts, batch_size=32, normalize_embeddings=True)
-    elif name == "flag-fp32":
+    elif name.startswith("flag-"):
         from FlagEmbedding import FlagModel
 
         flag = FlagModel(
-            args.model, pooling_method="mean", use_fp16=False, devices=["cpu"],
-            query_max_length=length, passage_max_length=length,
+            args.model,
+            pooling_method="mean",
+            use_fp16=name == "flag-fp16",
+            devices=[device],
+            query_max_length=length,
+            passage_max_length=length,
         )
 
         def encode(texts: list, queries: bool = False) -> np.ndarray:
@@ -89,11 +110,14 @@ def worker(args: argparse.Namespace) -> None:
 
         kwargs: dict = {
             "bgekit-fp32": {"dtype": "fp32"},
+            "bgekit-fp16": {"dtype": "fp16"},
             "bgekit-bf16": {"dtype": "bf16"},
             "bgekit-onnx-fp32": {"backend": "onnx"},
             "bgekit-onnx-int8": {"quantization": "int8"},
         }[name]
-        model = Embedder(args.model, device="cpu", query_max_length=length, passage_max_length=length, **kwargs)
+        model = Embedder(
+            args.model, device=device, query_max_length=length, passage_max_length=length, **kwargs
+        )
 
         def encode(texts: list, queries: bool = False) -> np.ndarray:
             if queries or args.what == "queries":
@@ -107,7 +131,8 @@ def worker(args: argparse.Namespace) -> None:
     np.save(args.out, np.asarray(vectors, dtype=np.float32))
     if extra_queries:
         np.save(args.out + ".queries.npy", np.asarray(encode(extra_queries, queries=True), dtype=np.float32))
-    print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": peak_rss_mb()}))
+    memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
+    print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": memory}))
 
 
 def plain_of(items: list) -> list[str]:
@@ -123,7 +148,9 @@ def model_flops(model_path: str, texts: list[str], max_length: int) -> float:
     return encoder_flops(model_path, lengths)
 
 
-def ndcg_at_10(doc_ids: list[str], corpus_vecs: np.ndarray, query_ids: list[str], query_vecs: np.ndarray) -> float:
+def ndcg_at_10(
+    doc_ids: list[str], corpus_vecs: np.ndarray, query_ids: list[str], query_vecs: np.ndarray
+) -> float:
     from bgekit.evaluation.metrics import compute_metrics
 
     _, _, qrels = load_scifact()
@@ -135,36 +162,65 @@ def ndcg_at_10(doc_ids: list[str], corpus_vecs: np.ndarray, query_ids: list[str]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None)
     parser.add_argument("--what", choices=["docs", "queries"], default="docs")
     parser.add_argument("--limit", type=int, default=None, help="only the first N texts")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
+    parser.add_argument("--paths", nargs="+", default=None, choices=ALL_PATHS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.model = args.model or default_model_path()
+    gpu = args.device.startswith("cuda")
+    args.paths = args.paths or (GPU_PATHS if gpu else PATHS)
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit(f"--device {args.device}: torch sees no CUDA device on this machine")
     if args.worker:
         worker(args)
         return
 
     plain, _, ids = texts_for(args.what, args.limit)
     flops = model_flops(args.model, plain, args.max_length)
-    peaks = measure_peaks(args.threads)
-    print(f"# encode benchmark: {len(plain)} SciFact {args.what}, max length {args.max_length}, "
-          f"{args.threads} threads, model {os.path.basename(os.path.dirname(args.model))}")
-    print(f"# machine matmul peak (2048^2, measured now): {describe_peaks(peaks)}; "
-          f"model work {flops / 1e12:.2f} TFLOP\n")
+    peaks = measure_peaks(args.threads, args.device)
+    print(
+        f"# encode benchmark: {len(plain)} SciFact {args.what}, max length {args.max_length}, "
+        f"{args.threads} threads, device {describe_device(args.device)}, "
+        f"model {os.path.basename(os.path.dirname(args.model))}"
+    )
+    print(
+        f"# machine matmul peak (2048^2, measured now): {describe_peaks(peaks)}; "
+        f"model work {flops / 1e12:.2f} TFLOP\n"
+    )
     results: dict[str, dict] = {}
     vectors: dict[str, np.ndarray] = {}
     query_vectors: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in args.paths:
             out = os.path.join(tmp, f"{path}.npy")
-            worker_args = ["--worker", path, "--out", out, "--model", args.model, "--what", args.what,
-                           "--max-length", str(args.max_length), "--threads", str(args.threads)]
+            worker_args = [
+                "--worker",
+                path,
+                "--out",
+                out,
+                "--model",
+                args.model,
+                "--what",
+                args.what,
+                "--max-length",
+                str(args.max_length),
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+            ]
             if args.limit:
                 worker_args += ["--limit", str(args.limit)]
             try:
@@ -179,15 +235,16 @@ def main() -> None:
     if not results:
         sys.exit("no path ran")
     # a shared machine's speed drifts: the best of the measurements before and after the run is the peak
-    peaks = {d: max(v, measure_peaks(args.threads)[d]) for d, v in peaks.items()}
+    peaks = {d: max(v, measure_peaks(args.threads, args.device)[d]) for d, v in peaks.items()}
     print(f"# matmul peak, best of before/after: {describe_peaks(peaks)}")
-    base = results.get(BASELINE, {}).get("seconds")
+    baseline = baseline_for(args.device)
+    base = results.get(baseline, {}).get("seconds")
     ref = vectors.get(REFERENCE)
     test_q, test_ids = test_queries()
     rows = []
     for path, res in results.items():
         rate = res["n"] / res["seconds"]
-        dtype = next((d for d in ("bf16", "int8") if d in path and d in peaks), "fp32")
+        dtype = arithmetic_of(path, peaks)
         frac = flops / res["seconds"] / 1e9 / peaks[dtype]
         cos = f"{float((vectors[path] * ref).sum(1).min()):.5f}" if ref is not None else "-"
         ndcg = (
@@ -195,13 +252,27 @@ def main() -> None:
             if args.what == "docs" and path in query_vectors and not args.limit
             else "-"
         )
-        rows.append([
-            path, f"{rate:.1f}", f"{base / res['seconds']:.2f}x" if base else "-",
-            f"{res['peak_rss_mb']:.0f}", f"{flops / res['seconds'] / 1e9:.0f} ({frac:.0%} of {dtype} peak)",
-            cos, ndcg,
-        ])
+        rows.append(
+            [
+                path,
+                f"{rate:.1f}",
+                f"{base / res['seconds']:.2f}x" if base else "-",
+                f"{res['peak_rss_mb']:.0f}",
+                f"{flops / res['seconds'] / 1e9:.0f} ({frac:.0%} of {dtype} peak)",
+                cos,
+                ndcg,
+            ]
+        )
     print_table(
-        ["path", f"{args.what}/s", f"vs {BASELINE}", "peak MiB", "model GFLOP/s", "min cos vs fp32", "nDCG@10"],
+        [
+            "path",
+            f"{args.what}/s",
+            f"vs {baseline}",
+            "GPU peak MiB" if gpu else "peak MiB",
+            "model GFLOP/s",
+            "min cos vs fp32",
+            "nDCG@10",
+        ],
         rows,
     )
 

@@ -151,12 +151,17 @@ def overhead(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace
 
 
 def report(
-    n: int, rows: list[tuple[str, float, str]], flops: float | None = None, peaks: dict[str, float] | None = None
+    n: int,
+    rows: list[tuple[str, float, str]],
+    flops: float | None = None,
+    peaks: dict[str, float] | None = None,
 ) -> None:
     """One line per path: seconds, pairs/s, speed-up over sentence-transformers fp32, achieved model
     FLOP/s as a share of this machine's matmul peak in the path's arithmetic, and quality."""
     base = dict((name, seconds) for name, seconds, _ in rows)["sentence-transformers CrossEncoder fp32"]
-    print(f"{'':38s}{'seconds':>9s}{'pairs/s':>9s}{'vs ST':>8s}{'model GFLOP/s':>26s}  quality vs bgekit fp32")
+    print(
+        f"{'':38s}{'seconds':>9s}{'pairs/s':>9s}{'vs ST':>8s}{'model GFLOP/s':>26s}  quality vs bgekit fp32"
+    )
     for name, seconds, quality in rows:
         share = "-"
         if flops and peaks:
@@ -224,8 +229,12 @@ def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) ->
         f"{len(pairs)} SciFact pairs, MiniLM-sized cross-encoder (6 layers, hidden 384), CPU, "
         f"torch threads={torch.get_num_threads()}, batch size {args.batch_size}, max length {args.max_length}"
     )
-    lengths = [len(i) for i in ours.tokenizer(*map(list, zip(*pairs, strict=True)), truncation="only_second",
-                                               max_length=args.max_length)["input_ids"]]
+    lengths = [
+        len(i)
+        for i in ours.tokenizer(
+            *map(list, zip(*pairs, strict=True)), truncation="only_second", max_length=args.max_length
+        )["input_ids"]
+    ]
     peaks = {d: max(v, measure_peaks(torch.get_num_threads())[d]) for d, v in peaks.items()}
     print(f"matmul peak, best of before/after (2048^2): {describe_peaks(peaks)}")
     report(len(pairs), rows, encoder_flops(folder, lengths), peaks)

@@ -28,7 +28,9 @@ def test_flagmodel_equals_flagembedding(tiny_bert_dir: str, texts: tuple[list[st
     assert (s.pooling, s.normalize, s.query_max_length, s.passage_max_length) == ("cls", True, 512, 512)
 
 
-def test_flagmodel_mean_pooling_and_truncate_dim(tiny_bert_dir: str, texts: tuple[list[str], list[str]]) -> None:
+def test_flagmodel_mean_pooling_and_truncate_dim(
+    tiny_bert_dir: str, texts: tuple[list[str], list[str]]
+) -> None:
     flag = pytest.importorskip("FlagEmbedding")
     _, passages = texts
     kwargs = {"pooling_method": "mean", "use_fp16": False, "devices": ["cpu"], "passage_max_length": 128}
@@ -43,6 +45,8 @@ def test_unknown_flag_argument_is_an_error_not_stored(tiny_bert_dir: str) -> Non
 
 
 def test_from_finetuned_reads_the_published_table_and_convert_to_numpy(tiny_bert_dir: str) -> None:
-    model = FlagAutoModel.from_finetuned(tiny_bert_dir, pooling_method="cls", devices=["cpu"], convert_to_numpy=False)
+    model = FlagAutoModel.from_finetuned(
+        tiny_bert_dir, pooling_method="cls", devices=["cpu"], convert_to_numpy=False
+    )
     out = model.encode_queries(["a", "b"])
     assert not isinstance(out, np.ndarray) and tuple(out.shape) == (2, 32)

@@ -258,7 +258,9 @@ class FlagAutoReranker:
         if model_class is not None:
             name = getattr(model_class, "value", model_class)
             if name not in _RERANKER_MODEL_CLASSES:
-                raise ConfigError(f"model_class={name!r} is not valid; choose one of {sorted(_RERANKER_MODEL_CLASSES)}")
+                raise ConfigError(
+                    f"model_class={name!r} is not valid; choose one of {sorted(_RERANKER_MODEL_CLASSES)}"
+                )
             return _RERANKER_MODEL_CLASSES[name](model_name_or_path, **kwargs)
         return Reranker(model_name_or_path, **_flag_reranker_kwargs("FlagAutoReranker", kwargs))
 
@@ -275,7 +277,9 @@ def _special_embedder_class(model_name_or_path: str, model_class: Any) -> Any:
         name = str(getattr(model_class, "value", model_class))
         if name not in _MODEL_CLASSES:
             raise ConfigError(f"model_class={name!r} is not valid; choose one of {list(_MODEL_CLASSES)}")
-        kind = {"encoder-only-base": None, "encoder-only-m3": "m3", "decoder-only-base": "decoder"}.get(name, "icl")
+        kind = {"encoder-only-base": None, "encoder-only-m3": "m3", "decoder-only-base": "decoder"}.get(
+            name, "icl"
+        )
     else:
         kind = registry.lookup(model_name_or_path).get("kind")
         path = os.path.expanduser(str(model_name_or_path))
@@ -283,6 +287,8 @@ def _special_embedder_class(model_name_or_path: str, model_class: Any) -> Any:
         if kind is None and all(os.path.isfile(os.path.join(path, f)) for f in heads):
             kind = "m3"
     return {"m3": BGEM3FlagModel, "decoder": FlagLLMModel, "icl": FlagICLModel}.get(kind or "")
+
+
 _M3_ARGS = ("colbert_dim", "return_dense", "return_sparse", "return_colbert_vecs")
 _ICL_ARGS = ("suffix", "examples_instruction_format")
 
@@ -351,7 +357,9 @@ class BGEM3FlagModel(Embedder):
     ) -> Any:
         kwargs.pop("convert_to_numpy", None)
         flags = self._flags(return_dense, return_sparse, return_colbert_vecs)
-        return super().encode_queries(queries, batch_size=batch_size, max_length=max_length, **flags, **kwargs)
+        return super().encode_queries(
+            queries, batch_size=batch_size, max_length=max_length, **flags, **kwargs
+        )
 
     def encode_corpus(  # type: ignore[override]
         self,
@@ -400,11 +408,15 @@ class BGEM3FlagModel(Embedder):
         )
 
 
-def _llm_kwargs(where: str, kwargs: dict[str, Any], defaults: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def _llm_kwargs(
+    where: str, kwargs: dict[str, Any], defaults: dict[str, Any], extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     _unescape_formats(kwargs)
     converted = _flag_kwargs_to_bgekit(where, kwargs, defaults, extra)
     if converted["dtype"] is None:
-        converted["dtype"] = "fp32"  # use_fp16=False means fp32 in FlagEmbedding, not bgekit's bf16 LLM default
+        converted["dtype"] = (
+            "fp32"  # use_fp16=False means fp32 in FlagEmbedding, not bgekit's bf16 LLM default
+        )
     # FlagEmbedding tokenizes as the tokenizer does, with no EOS of its own
     converted.setdefault("append_eos", False)
     return converted
@@ -467,6 +479,8 @@ class FlagICLModel(FlagLLMModel):
             "passage_max_length": 512,
             "kind": "icl",
         }
-        Embedder.__init__(self, model_name_or_path, **_llm_kwargs("FlagICLModel", kwargs, defaults, _ICL_ARGS))
+        Embedder.__init__(
+            self, model_name_or_path, **_llm_kwargs("FlagICLModel", kwargs, defaults, _ICL_ARGS)
+        )
         self.icl_suffix = suffix.replace("\\n", "\n")
         self.examples_instruction_format = example_format.replace("\\n", "\n")

@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     source, docs = find_corpus()
     model = Embedder(default_model_path(), dtype="auto", show_progress=True)
     # "auto": bf16 only where this CPU multiplies it faster than fp32 (AVX512-BF16 or AMX); emulated is slower
-    measured = f" (bf16 matmul runs {cpu_bf16_speedup():.2f}x fp32 on this CPU)" if model.device.type == "cpu" else ""
+    measured = (
+        f" (bf16 matmul runs {cpu_bf16_speedup():.2f}x fp32 on this CPU)"
+        if model.device.type == "cpu"
+        else ""
+    )
     print(f"dtype:  {model.dtype}{measured}")
     print(f"model:  {model}")
     print(f"corpus: {source} ({len(docs)} documents)")

@@ -29,7 +29,9 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
             try:
                 yield line_no, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataFormatError(f"invalid JSON ({exc.msg} at column {exc.colno})", path, line_no) from exc
+                raise DataFormatError(
+                    f"invalid JSON ({exc.msg} at column {exc.colno})", path, line_no
+                ) from exc
 
 
 def read_jsonl(path: str) -> list[Any]:

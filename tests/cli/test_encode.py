@@ -12,7 +12,9 @@ from bgekit import Embedder
 from bgekit.cli.main import main
 
 
-def test_encode_corpus_and_queries(tiny_bert_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_encode_corpus_and_queries(
+    tiny_bert_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = [{"_id": "1", "title": "Pandas", "text": "Giant pandas are bears."}, {"_id": "2", "text": "BGE."}]
     src = tmp_path / "corpus.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -25,7 +27,10 @@ def test_encode_corpus_and_queries(tiny_bert_dir: str, tmp_path: Path, capsys: p
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
     assert "encoded 2 texts" in capsys.readouterr().err
     qout = tmp_path / "q.npy"
-    assert main(["encode", "--model", tiny_bert_dir, "--input", str(src), "--output", str(qout), "--queries"]) == 0
+    assert (
+        main(["encode", "--model", tiny_bert_dir, "--input", str(src), "--output", str(qout), "--queries"])
+        == 0
+    )
     assert np.load(qout).shape == (2, 32)
 
 
@@ -43,15 +48,31 @@ def test_malformed_line_names_file_and_line(
 def test_missing_text_field(tiny_bert_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "bad.jsonl"
     src.write_text('{"body": "no text here"}\n')
-    assert main(["encode", "--model", tiny_bert_dir, "--input", str(src), "--output", str(tmp_path / "o.npy")]) == 2
-    assert "bad.jsonl:1: expected a JSON string or an object with a string 'text' field" in capsys.readouterr().err
+    assert (
+        main(["encode", "--model", tiny_bert_dir, "--input", str(src), "--output", str(tmp_path / "o.npy")])
+        == 2
+    )
+    assert (
+        "bad.jsonl:1: expected a JSON string or an object with a string 'text' field"
+        in capsys.readouterr().err
+    )
 
 
 def test_binary_precision(tiny_bert_dir: str, tmp_path: Path) -> None:
     src = tmp_path / "c.jsonl"
     src.write_text('"one text"\n"another text"\n')
     out = tmp_path / "b.npy"
-    args = ["encode", "--model", tiny_bert_dir, "--input", str(src), "--output", str(out), "--precision", "ubinary"]
+    args = [
+        "encode",
+        "--model",
+        tiny_bert_dir,
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--precision",
+        "ubinary",
+    ]
     assert main(args) == 0
     packed = np.load(out)
     assert packed.dtype == np.uint8 and packed.shape == (2, 4)  # 32 dims -> 4 bytes

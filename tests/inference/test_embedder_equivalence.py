@@ -93,7 +93,9 @@ def test_batch_size_one_and_shuffled_order(minilm_path: str, docs: list[dict], o
     assert _min_cosine(single, ours512[subset]) >= 0.99999
     order = list(range(0, N_DOCS, 2))
     random.Random(7).shuffle(order)
-    shuffled = Embedder(minilm_path, device="cpu", passage_max_length=512).encode_corpus([docs[i] for i in order])
+    shuffled = Embedder(minilm_path, device="cpu", passage_max_length=512).encode_corpus(
+        [docs[i] for i in order]
+    )
     assert _min_cosine(shuffled, ours512[order]) >= 0.99999
 
 

@@ -50,9 +50,7 @@ def test_onnx_backend_accepts_only_fp32_or_auto() -> None:
         loading.choose_dtype("bfloat16", cpu, backend="onnx")
 
 
-def test_embedder_resolves_auto_to_what_it_runs(
-    monkeypatch: pytest.MonkeyPatch, minilm_path: str
-) -> None:
+def test_embedder_resolves_auto_to_what_it_runs(monkeypatch: pytest.MonkeyPatch, minilm_path: str) -> None:
     from bgekit import Embedder
 
     for speedup, expected, torch_dtype in ((3.0, "bf16", torch.bfloat16), (0.4, "fp32", torch.float32)):

@@ -52,7 +52,9 @@ def read_texts(path: str, queries: bool) -> list[Any]:
                 title = row.get("title")
                 items.append({"title": title if isinstance(title, str) else "", "text": row["text"]})
         else:
-            raise DataFormatError("expected a JSON string or an object with a string 'text' field", path, line_no)
+            raise DataFormatError(
+                "expected a JSON string or an object with a string 'text' field", path, line_no
+            )
     return items
 
 

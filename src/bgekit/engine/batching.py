@@ -89,7 +89,9 @@ class BatchEngine:
         max_count = max(self.min_batch_size, int(self.batch_size * scale))
         longest = max(1, lengths[order[start]])  # sorted longest first: the first item sets the padding
         if self.max_tokens_per_batch is not None:
-            max_count = min(max_count, max(self.min_batch_size, int(self.max_tokens_per_batch * scale) // longest))
+            max_count = min(
+                max_count, max(self.min_batch_size, int(self.max_tokens_per_batch * scale) // longest)
+            )
         return min(len(order), start + max(1, max_count))
 
     def run(self, lengths: Sequence[int], step: Callable[[list[int]], Any]) -> Any:
@@ -123,10 +125,14 @@ class BatchEngine:
                     self.backoffs += 1
                     # halve until the planned batch is strictly smaller than the one that failed
                     scale /= 2
-                    while scale > 1e-6 and self.plan_next(order, lengths, start, scale) - start >= len(indices):
+                    while scale > 1e-6 and self.plan_next(order, lengths, start, scale) - start >= len(
+                        indices
+                    ):
                         scale /= 2
                     good_since_backoff = 0
-                    logger.warning("out of memory on a batch of %d; retrying with smaller batches", len(indices))
+                    logger.warning(
+                        "out of memory on a batch of %d; retrying with smaller batches", len(indices)
+                    )
                     _free_cached_memory()
                     continue
                 chunks.append((indices, output))

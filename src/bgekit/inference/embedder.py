@@ -82,7 +82,9 @@ def is_decoder_only(config: Any) -> bool:
     if getattr(config, "is_encoder_decoder", False) or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return False
     architectures = getattr(config, "architectures", None) or []
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or any(a.endswith("ForCausalLM") for a in architectures)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or any(
+        a.endswith("ForCausalLM") for a in architectures
+    )
 
 
 class _EmbedderFactory:
@@ -138,7 +140,9 @@ class Embedder:
             model_name_or_path, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir")
         )
         explicit = {k: kwargs.get(k) for k in _SETTING_ARGS}
-        self.settings, self.settings_origin = resolve_embedder_settings(model_name_or_path, self.folder, explicit)
+        self.settings, self.settings_origin = resolve_embedder_settings(
+            model_name_or_path, self.folder, explicit
+        )
         self.trust_remote_code = bool(kwargs.get("trust_remote_code", False))
         self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
         self.show_progress = kwargs.get("show_progress")
@@ -147,7 +151,9 @@ class Embedder:
         self.config = AutoConfig.from_pretrained(self.folder, trust_remote_code=self.trust_remote_code)
         self._apply_kind_defaults()
         llm = self.settings.kind in LLM_KINDS
-        self.dtype = normalize_dtype(kwargs.get("dtype") or self.settings.dtype or ("bf16" if llm else "fp32"))
+        self.dtype = normalize_dtype(
+            kwargs.get("dtype") or self.settings.dtype or ("bf16" if llm else "fp32")
+        )
         self.adapter = self._check_adapter(kwargs.get("adapter"))
 
         devices = kwargs.get("devices")
@@ -169,7 +175,9 @@ class Embedder:
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
         if self.quantization and self.backend != "onnx":
-            raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
+            raise ConfigError(
+                "quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'"
+            )
         # ONNX graphs are fp32 whatever the checkpoint's usual dtype; only a dtype the caller gave is checked
         given_dtype = kwargs.get("dtype") if self.backend == "onnx" else self.dtype
         self.dtype = choose_dtype(given_dtype, self.device, self.backend)
@@ -188,13 +196,18 @@ class Embedder:
             self.settings.passage_max_length = self.max_length_limit
         hidden = int(getattr(self.config, "hidden_size", 0) or 0)
         if self.settings.truncate_dim is not None and hidden and self.settings.truncate_dim > hidden:
-            raise ConfigError(f"truncate_dim={self.settings.truncate_dim} exceeds the model's dimension {hidden}")
+            raise ConfigError(
+                f"truncate_dim={self.settings.truncate_dim} exceeds the model's dimension {hidden}"
+            )
         self.dim = self.settings.truncate_dim or hidden
 
         self.m3_heads: M3Heads | None = None
         if self.settings.kind == "m3":
             self.m3_heads = M3Heads.from_folder(self.folder, hidden)
-            if self.settings.colbert_dim is not None and self.settings.colbert_dim > self.m3_heads.colbert_size:
+            if (
+                self.settings.colbert_dim is not None
+                and self.settings.colbert_dim > self.m3_heads.colbert_size
+            ):
                 raise ConfigError(
                     f"colbert_dim={self.settings.colbert_dim} exceeds the ColBERT head's size "
                     f"{self.m3_heads.colbert_size} ({os.path.join(self.folder, COLBERT_FILE)})"
@@ -219,7 +232,9 @@ class Embedder:
         if self.settings.append_eos:
             eos = self.tokenizer.eos_token_id
             if eos is None:
-                raise ConfigError("append_eos=True but the tokenizer has no eos_token; set one or turn it off")
+                raise ConfigError(
+                    "append_eos=True but the tokenizer has no eos_token; set one or turn it off"
+                )
             probe = self.tokenizer("a")["input_ids"]
             if not probe or probe[-1] != eos:
                 self._eos_to_append = int(eos)
@@ -239,8 +254,12 @@ class Embedder:
             from bgekit.inference.onnx_backend import OnnxRunner, export_onnx
 
             if self.settings.kind in LLM_KINDS or self.adapter is not None:
-                raise ConfigError("backend='onnx' supports encoder models (BERT, XLM-RoBERTa, M3) without adapters")
-            path = export_onnx(self.folder, "feature-extraction", self.quantization, file_fingerprint(self.folder)[:16])
+                raise ConfigError(
+                    "backend='onnx' supports encoder models (BERT, XLM-RoBERTa, M3) without adapters"
+                )
+            path = export_onnx(
+                self.folder, "feature-extraction", self.quantization, file_fingerprint(self.folder)[:16]
+            )
             self._model = OnnxRunner(path, "feature-extraction")
             if self.m3_heads is not None:
                 self.m3_heads.to(self.device)
@@ -264,7 +283,9 @@ class Embedder:
     def _apply_kind_defaults(self) -> None:
         """Decide the kind when no source did (M3 head files, decoder-only config) and its defaults."""
         settings, origin = self.settings, self.settings_origin
-        found = [name for name in (SPARSE_FILE, COLBERT_FILE) if os.path.isfile(os.path.join(self.folder, name))]
+        found = [
+            name for name in (SPARSE_FILE, COLBERT_FILE) if os.path.isfile(os.path.join(self.folder, name))
+        ]
         if "kind" not in origin:
             if len(found) == 2:
                 settings.kind = "m3"
@@ -284,7 +305,9 @@ class Embedder:
                 settings.query_instruction_format = _KIND_DEFAULT_FORMATS[settings.kind]
         for name in ("colbert_dim",):
             if getattr(settings, name) is not None and settings.kind != "m3":
-                raise ConfigError(f"{name} is only valid for BGE-M3 models (kind='m3'), not kind={settings.kind!r}")
+                raise ConfigError(
+                    f"{name} is only valid for BGE-M3 models (kind='m3'), not kind={settings.kind!r}"
+                )
 
     def _check_adapter(self, adapter: Any) -> str | None:
         if adapter is None:
@@ -352,8 +375,12 @@ class Embedder:
             >>> model.encode_queries(["what is bge?"])   # doctest: +SKIP
         """
         texts, single = as_text_list(queries, "queries")
-        texts = apply_instruction(texts, self.settings.query_instruction, self.settings.query_instruction_format)
-        max_length = int(kwargs.pop("max_length", None) or self.settings.query_max_length or self.max_length_limit)
+        texts = apply_instruction(
+            texts, self.settings.query_instruction, self.settings.query_instruction_format
+        )
+        max_length = int(
+            kwargs.pop("max_length", None) or self.settings.query_max_length or self.max_length_limit
+        )
         if self.settings.kind == "icl":
             texts, max_length = self._icl_queries(texts, max_length)
         return self._encode_validated(texts, single, max_length=max_length, **kwargs)
@@ -468,7 +495,9 @@ class Embedder:
                 "_encode_local", [(texts[a:b], max_length, batch_size, False, heads) for a, b in ranges]
             )
             if heads is not None:
-                result = _concat_m3_parts(parts) if parts else self._encode_local([], max_length, 1, False, heads)
+                result = (
+                    _concat_m3_parts(parts) if parts else self._encode_local([], max_length, 1, False, heads)
+                )
             else:
                 result = np.concatenate(parts, axis=0) if parts else np.zeros((0, self.dim), np.float32)
         else:
@@ -479,7 +508,9 @@ class Embedder:
         vectors = result[0] if single else result
         return torch.from_numpy(vectors) if as_tensor else vectors
 
-    def _m3_output(self, result: dict[str, Any], single: bool, sparse_format: str, as_tensor: bool) -> dict[str, Any]:
+    def _m3_output(
+        self, result: dict[str, Any], single: bool, sparse_format: str, as_tensor: bool
+    ) -> dict[str, Any]:
         dense, lexical, colbert = result["dense_vecs"], result["lexical_weights"], result["colbert_vecs"]
         if lexical is not None and sparse_format == "dict":
             lexical = m3.lexical_dicts(lexical)
@@ -543,7 +574,9 @@ class Embedder:
                 hidden = model(**batch, return_dict=True).last_hidden_state
                 if heads is None:
                     pooled = pool(hidden, mask, settings.pooling)
-                    return finish_dense(pooled, truncate_dim=settings.truncate_dim, normalize=settings.normalize).cpu()
+                    return finish_dense(
+                        pooled, truncate_dim=settings.truncate_dim, normalize=settings.normalize
+                    ).cpu()
                 assert self.m3_heads is not None
                 out: dict[str, Any] = {}
                 if heads[0]:
@@ -587,7 +620,9 @@ class Embedder:
         Example:
             >>> icl.set_examples([{"instruct": "Find the paper.", "query": "q", "response": "p"}])   # doctest: +SKIP
         """
-        self.settings.examples_for_task = None if examples_for_task is None else validate_examples(examples_for_task)
+        self.settings.examples_for_task = (
+            None if examples_for_task is None else validate_examples(examples_for_task)
+        )
 
     def icl_prefix(self) -> str:
         """The few-shot prefix put before each ICL query: the examples joined by blank lines."""
@@ -597,7 +632,9 @@ class Embedder:
         default_instruct = self.settings.query_instruction or ""
         parts = [
             self.examples_instruction_format.format(
-                example.get("instruct", default_instruct), example.get("query", ""), example.get("response", "")
+                example.get("instruct", default_instruct),
+                example.get("query", ""),
+                example.get("response", ""),
             )
             for example in examples
         ]
@@ -616,7 +653,9 @@ class Embedder:
         prefix = self.icl_prefix()
         prefix_len = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
         suffix_len = len(tokenizer(self.icl_suffix, add_special_tokens=False)["input_ids"])
-        reserved = tokenizer.num_special_tokens_to_add(pair=False) + suffix_len + (self._eos_to_append is not None)
+        reserved = (
+            tokenizer.num_special_tokens_to_add(pair=False) + suffix_len + (self._eos_to_append is not None)
+        )
         budget = max_length - reserved
         if budget < 1:
             raise ConfigError(
@@ -674,8 +713,12 @@ class Embedder:
             return {key: [] for key in m3.SCORE_KEYS}
         query_ids: dict[str, int] = {}
         passage_ids: dict[str, int] = {}
-        q_index = np.fromiter((query_ids.setdefault(q, len(query_ids)) for q, _ in pairs), np.int64, len(pairs))
-        p_index = np.fromiter((passage_ids.setdefault(p, len(passage_ids)) for _, p in pairs), np.int64, len(pairs))
+        q_index = np.fromiter(
+            (query_ids.setdefault(q, len(query_ids)) for q, _ in pairs), np.int64, len(pairs)
+        )
+        p_index = np.fromiter(
+            (passage_ids.setdefault(p, len(passage_ids)) for _, p in pairs), np.int64, len(pairs)
+        )
         common: dict[str, Any] = dict(
             batch_size=batch_size,
             show_progress=show_progress,
@@ -688,7 +731,10 @@ class Embedder:
             list(query_ids), False, max_length=max_query_length or self.settings.query_max_length, **common
         )
         p_out = self._encode_validated(
-            list(passage_ids), False, max_length=max_passage_length or self.settings.passage_max_length, **common
+            list(passage_ids),
+            False,
+            max_length=max_passage_length or self.settings.passage_max_length,
+            **common,
         )
         dense = np.einsum("ij,ij->i", q_out["dense_vecs"][q_index], p_out["dense_vecs"][p_index])
         q_sparse = m3.lexical_csr(q_out["lexical_weights"], self.vocab_size)[q_index]
@@ -755,7 +801,9 @@ class Embedder:
             >>> model.save_pretrained("my-model/")   # doctest: +SKIP
         """
         if self.backend != "torch":
-            raise ConfigError("save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)")
+            raise ConfigError(
+                "save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)"
+            )
         os.makedirs(path, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
@@ -812,8 +860,10 @@ def file_fingerprint(folder: str, chunk: int = 1 << 20) -> str:
 
 def _as_pairs(sentence_pairs: Any) -> tuple[list[tuple[str, str]], bool]:
     """Validate (query, passage) pairs; return them and whether a single pair was given."""
-    if isinstance(sentence_pairs, tuple | list) and len(sentence_pairs) == 2 and all(
-        isinstance(t, str) for t in sentence_pairs
+    if (
+        isinstance(sentence_pairs, tuple | list)
+        and len(sentence_pairs) == 2
+        and all(isinstance(t, str) for t in sentence_pairs)
     ):
         return [(sentence_pairs[0], sentence_pairs[1])], True
     if isinstance(sentence_pairs, str) or not isinstance(sentence_pairs, Sequence):
@@ -823,7 +873,9 @@ def _as_pairs(sentence_pairs: Any) -> tuple[list[tuple[str, str]], bool]:
     pairs: list[tuple[str, str]] = []
     for i, pair in enumerate(sentence_pairs):
         if not isinstance(pair, tuple | list) or len(pair) != 2 or not all(isinstance(t, str) for t in pair):
-            raise InputError(f"sentence_pairs[{i}] is {pair!r:.80}; expected a (query, passage) pair of strings")
+            raise InputError(
+                f"sentence_pairs[{i}] is {pair!r:.80}; expected a (query, passage) pair of strings"
+            )
         pairs.append((pair[0], pair[1]))
     return pairs, False
 
@@ -865,5 +917,7 @@ def _merge_adapter(model: Any, adapter: str) -> Any:
     try:
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"could not apply the adapter in {adapter!r}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"could not apply the adapter in {adapter!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     return merged.eval()

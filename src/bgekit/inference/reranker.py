@@ -164,7 +164,9 @@ class Reranker:
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
         if self.quantization and self.backend != "onnx":
-            raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
+            raise ConfigError(
+                "quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'"
+            )
         # ONNX graphs are fp32 whatever the checkpoint's usual dtype; only a dtype the caller gave is checked
         given_dtype = kwargs.get("dtype") if self.backend == "onnx" else self.dtype
         self.dtype = choose_dtype(given_dtype, self.device, self.backend)
@@ -550,7 +552,9 @@ class Reranker:
             >>> reranker.save_pretrained("my-reranker/")   # doctest: +SKIP
         """
         if self.backend != "torch":
-            raise ConfigError("save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)")
+            raise ConfigError(
+                "save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)"
+            )
         os.makedirs(path, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)

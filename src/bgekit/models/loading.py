@@ -38,7 +38,9 @@ def resolve_model_folder(
         return os.path.abspath(path)
     looks_local = path.startswith((".", "/", "~")) or os.sep + os.sep in path or path.count("/") > 1
     if looks_local or os.path.exists(path):
-        raise ModelLoadError(f"model folder {path!r} does not exist (expected a folder with {EXPECTED_FILES})")
+        raise ModelLoadError(
+            f"model folder {path!r} does not exist (expected a folder with {EXPECTED_FILES})"
+        )
     try:
         from huggingface_hub import snapshot_download
 

@@ -15,7 +15,6 @@ _WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer 
 _WEB_SEARCH_E5 = "Given a web search query, retrieve relevant passages that answer the query"
 
 
-
 _TABLE: dict[str, dict[str, Any]] = {}
 
 

@@ -24,7 +24,12 @@ Kind = Literal["encoder", "decoder", "m3", "icl"]
 Dtype = Literal["fp32", "fp16", "bf16", "auto"]
 PaddingSide = Literal["left", "right"]
 
-_POOLING_ALIASES = {"lasttoken": "last_token", "last": "last_token", "mean_tokens": "mean", "cls_token": "cls"}
+_POOLING_ALIASES = {
+    "lasttoken": "last_token",
+    "last": "last_token",
+    "mean_tokens": "mean",
+    "cls_token": "cls",
+}
 _DTYPE_ALIASES = {
     "float32": "fp32",
     "float": "fp32",
@@ -156,7 +161,9 @@ def validate_examples(examples: Any) -> list[dict[str, str]]:
             raise ConfigError(f"examples_for_task[{i}] is {type(example).__name__}; expected a dict")
         unknown = sorted(set(example) - set(EXAMPLE_KEYS))
         if unknown:
-            raise ConfigError(f"examples_for_task[{i}] has unknown key(s) {unknown}; valid: {list(EXAMPLE_KEYS)}")
+            raise ConfigError(
+                f"examples_for_task[{i}] has unknown key(s) {unknown}; valid: {list(EXAMPLE_KEYS)}"
+            )
         for key, value in example.items():
             if not isinstance(value, str):
                 raise ConfigError(
