@@ -71,18 +71,26 @@ def matmul_peak_gflops(
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     gpu = device.startswith("cuda")
-    sync = torch.cuda.synchronize if gpu else (lambda: None)
     inner = 20 if gpu else 1  # a GPU matmul of this size takes well under a millisecond
-    a @ b
-    sync()
+
+    def run() -> None:
+        for _ in range(inner):
+            a @ b
+        if gpu:
+            torch.cuda.synchronize()
+
+    return 2 * size**3 / (best_seconds(run, repeats) / inner) / 1e9
+
+
+def best_seconds(run: Any, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``run``, after one untimed warm-up call."""
+    run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        sync()
-        best = min(best, (time.perf_counter() - start) / inner)
-    return 2 * size**3 / best / 1e9
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def int8_matmul_peak_gops(threads: int, size: int = 2048, repeats: int = 5) -> float | None:
@@ -114,13 +122,7 @@ def int8_matmul_peak_gops(threads: int, size: int = 2048, repeats: int = 5) -> f
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = rng.standard_normal((size, size), dtype=np.float32)
-    session.run(None, {"x": x})
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {"x": x})
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / best_seconds(lambda: session.run(None, {"x": x}), repeats) / 1e9
 
 
 def measure_peaks(threads: int, device: str = "cpu") -> dict[str, float]:
@@ -133,6 +135,18 @@ def measure_peaks(threads: int, device: str = "cpu") -> dict[str, float]:
     if int8 is not None:
         peaks["int8"] = int8
     return peaks
+
+
+def best_peaks(before: dict[str, float], threads: int, device: str = "cpu") -> dict[str, float]:
+    """The peaks measured again after a run, each kept at the better of ``before`` and now: a shared
+    machine's speed drifts, and the best measurement is the closest to the hardware's peak."""
+    after = measure_peaks(threads, device)
+    return {d: max(v, after[d]) for d, v in before.items()}
+
+
+def arithmetic_of(path: str, peaks: dict[str, float]) -> str:
+    """Which measured matmul peak a path is held against: its own arithmetic where it was measured."""
+    return next((d for d in ("bf16", "fp16", "int8") if d in path and d in peaks), "fp32")
 
 
 def describe_peaks(peaks: dict[str, float]) -> str:

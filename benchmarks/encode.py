@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    arithmetic_of,
+    best_peaks,
     default_model_path,
     describe_device,
     describe_peaks,
@@ -47,11 +49,6 @@ REFERENCE = "bgekit-fp32"
 
 def baseline_for(device: str) -> str:
     return "st-fp16" if device.startswith("cuda") else "st-fp32"
-
-
-def arithmetic_of(path: str, peaks: dict[str, float]) -> str:
-    """Which measured matmul peak a path is held against: its own arithmetic where it was measured."""
-    return next((d for d in ("bf16", "fp16", "int8") if d in path and d in peaks), "fp32")
 
 
 def texts_for(what: str, limit: int | None) -> tuple[list[str], list[dict], list[str]]:
@@ -196,7 +193,7 @@ def main() -> None:
         f"model {os.path.basename(os.path.dirname(args.model))}"
     )
     print(
-        f"# machine matmul peak (2048^2, measured now): {describe_peaks(peaks)}; "
+        f"# machine matmul peak (measured now): {describe_peaks(peaks)}; "
         f"model work {flops / 1e12:.2f} TFLOP\n"
     )
     results: dict[str, dict] = {}
@@ -234,8 +231,7 @@ def main() -> None:
             print(f"[{path}] {results[path]['seconds']:.1f}s", file=sys.stderr)
     if not results:
         sys.exit("no path ran")
-    # a shared machine's speed drifts: the best of the measurements before and after the run is the peak
-    peaks = {d: max(v, measure_peaks(args.threads, args.device)[d]) for d, v in peaks.items()}
+    peaks = best_peaks(peaks, args.threads, args.device)
     print(f"# matmul peak, best of before/after: {describe_peaks(peaks)}")
     baseline = baseline_for(args.device)
     base = results.get(baseline, {}).get("seconds")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import describe_peaks, encoder_flops, measure_peaks  # noqa: E402
+from _common import arithmetic_of, best_peaks, describe_peaks, encoder_flops, measure_peaks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data" / "scifact"
@@ -165,7 +165,7 @@ def report(
     for name, seconds, quality in rows:
         share = "-"
         if flops and peaks:
-            kind = next((d for d in ("bf16", "int8") if d in name and d in peaks), "fp32")
+            kind = arithmetic_of(name, peaks)
             achieved = flops / seconds / 1e9
             share = f"{achieved:.0f} ({achieved / peaks[kind]:.0%} of {kind} peak)"
         print(f"{name:38s}{seconds:9.2f}{n / seconds:9.1f}{base / seconds:7.2f}x{share:>26s}  {quality}")
@@ -235,7 +235,7 @@ def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) ->
             *map(list, zip(*pairs, strict=True)), truncation="only_second", max_length=args.max_length
         )["input_ids"]
     ]
-    peaks = {d: max(v, measure_peaks(torch.get_num_threads())[d]) for d, v in peaks.items()}
+    peaks = best_peaks(peaks, torch.get_num_threads())
     print(f"matmul peak, best of before/after (2048^2): {describe_peaks(peaks)}")
     report(len(pairs), rows, encoder_flops(folder, lengths), peaks)
 

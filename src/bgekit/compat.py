@@ -414,9 +414,8 @@ def _llm_kwargs(
     _unescape_formats(kwargs)
     converted = _flag_kwargs_to_bgekit(where, kwargs, defaults, extra)
     if converted["dtype"] is None:
-        converted["dtype"] = (
-            "fp32"  # use_fp16=False means fp32 in FlagEmbedding, not bgekit's bf16 LLM default
-        )
+        # use_fp16=False means fp32 in FlagEmbedding, not bgekit's bf16 LLM default
+        converted["dtype"] = "fp32"
     # FlagEmbedding tokenizes as the tokenizer does, with no EOS of its own
     converted.setdefault("append_eos", False)
     return converted

@@ -25,17 +25,15 @@ from bgekit.inference.heads import (
 )
 from bgekit.inference.inputs import apply_instruction, as_corpus_list, as_text_list
 from bgekit.models.loading import (
-    choose_dtype,
     load_pretrained,
     load_tokenizer,
     model_max_length,
     resolve_device,
+    resolve_dtype,
     resolve_model_folder,
-    resolve_torch_dtype,
 )
 from bgekit.models.settings import (
     EmbedderSettings,
-    normalize_dtype,
     resolve_embedder_settings,
     validate_examples,
     write_saved_settings,
@@ -151,9 +149,6 @@ class Embedder:
         self.config = AutoConfig.from_pretrained(self.folder, trust_remote_code=self.trust_remote_code)
         self._apply_kind_defaults()
         llm = self.settings.kind in LLM_KINDS
-        self.dtype = normalize_dtype(
-            kwargs.get("dtype") or self.settings.dtype or ("bf16" if llm else "fp32")
-        )
         self.adapter = self._check_adapter(kwargs.get("adapter"))
 
         devices = kwargs.get("devices")
@@ -178,10 +173,10 @@ class Embedder:
             raise ConfigError(
                 "quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'"
             )
-        # ONNX graphs are fp32 whatever the checkpoint's usual dtype; only a dtype the caller gave is checked
-        given_dtype = kwargs.get("dtype") if self.backend == "onnx" else self.dtype
-        self.dtype = choose_dtype(given_dtype, self.device, self.backend)
-        self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
+        default_dtype = self.settings.dtype or ("bf16" if llm else "fp32")
+        self.dtype, self.torch_dtype = resolve_dtype(
+            kwargs.get("dtype"), default_dtype, self.device, self.backend
+        )
 
         self.tokenizer = load_tokenizer(
             self.folder, trust_remote_code=self.trust_remote_code, padding_side=self.settings.padding_side

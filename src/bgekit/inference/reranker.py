@@ -34,14 +34,13 @@ from bgekit.inference.rerank_inputs import CrossEncoderInputs, PromptInputs, as_
 from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranker_settings
 from bgekit.models import reranker_registry
 from bgekit.models.loading import (
-    choose_dtype,
     load_pretrained,
     load_tokenizer,
     resolve_device,
+    resolve_dtype,
     resolve_model_folder,
-    resolve_torch_dtype,
 )
-from bgekit.models.settings import normalize_dtype, write_saved_settings
+from bgekit.models.settings import write_saved_settings
 
 DEFAULT_BATCH_SIZE = 128
 """FlagEmbedding's reranker batch size."""
@@ -143,7 +142,6 @@ class Reranker:
         self.kind: str = str(self.settings.kind)
         self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
         self.show_progress = kwargs.get("show_progress")
-        self.dtype = normalize_dtype(self.settings.dtype or "fp32")
 
         devices = kwargs.get("devices")
         device = kwargs.get("device")
@@ -167,10 +165,10 @@ class Reranker:
             raise ConfigError(
                 "quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'"
             )
-        # ONNX graphs are fp32 whatever the checkpoint's usual dtype; only a dtype the caller gave is checked
-        given_dtype = kwargs.get("dtype") if self.backend == "onnx" else self.dtype
-        self.dtype = choose_dtype(given_dtype, self.device, self.backend)
-        self.torch_dtype = resolve_torch_dtype(self.dtype, self.device)
+        default_dtype = self.settings.dtype or "fp32"
+        self.dtype, self.torch_dtype = resolve_dtype(
+            kwargs.get("dtype"), default_dtype, self.device, self.backend
+        )
 
         self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
         original_pad_id = self.tokenizer.pad_token_id

@@ -147,7 +147,24 @@ def choose_dtype(dtype: str | None, device: torch.device, backend: str = "torch"
     return "fp32"
 
 
-def resolve_torch_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(
+    given: str | None, default: str, device: torch.device, backend: str = "torch"
+) -> tuple[str, torch.dtype]:
+    """The dtype a model runs in, as (name, torch dtype): the caller's ``given`` one, else ``default`` (the
+    checkpoint's or the model kind's), resolved by ``choose_dtype``.
+
+    ONNX graphs are fp32 whatever the checkpoint's usual dtype, so with ``backend="onnx"`` only a dtype the
+    caller gave is checked.
+
+    Example:
+        >>> resolve_dtype(None, "bf16", torch.device("cpu"), backend="onnx")
+        ('fp32', torch.float32)
+    """
+    name = choose_dtype(given if backend == "onnx" else (given or default), device, backend)
+    return name, resolve_torch_dtype(name, device, stacklevel=4)
+
+
+def resolve_torch_dtype(dtype: str | None, device: torch.device, stacklevel: int = 3) -> torch.dtype:
     """Map ``fp32``/``fp16``/``bf16``/``auto`` to a torch dtype; fp16 on CPU falls back to fp32 with a warning.
 
     bf16 on a CPU that multiplies it slower than fp32 (no AVX512-BF16/AMX: emulated) is warned about.
@@ -155,14 +172,15 @@ def resolve_torch_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     name = choose_dtype(dtype, device)
     if name == "fp16" and device.type == "cpu":
         warnings.warn(
-            "fp16 is slow or unsupported on CPU; using fp32 (bf16 is the fast CPU choice)", stacklevel=3
+            "fp16 is slow or unsupported on CPU; using fp32 (bf16 is the fast CPU choice)",
+            stacklevel=stacklevel,
         )
         name = "fp32"
     if name == "bf16" and device.type == "cpu" and (speedup := cpu_bf16_speedup()) < 1.0:
         warnings.warn(
             f"bf16 matrix products run {speedup:.2f}x the speed of fp32 on this CPU (no AVX512-BF16 or AMX: "
             "emulated); fp32 is likely faster here (dtype='auto' picks for you)",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
