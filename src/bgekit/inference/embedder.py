@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bgekit.engine import BatchEngine, DevicePool, default_token_budget, pad_sequences, tokenize_texts
+from bgekit.engine import BatchEngine, DevicePool, pad_sequences, tokenize_texts
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference import m3
@@ -24,12 +24,11 @@ from bgekit.inference.heads import (
     pool,
 )
 from bgekit.inference.inputs import apply_instruction, as_corpus_list, as_text_list
+from bgekit.inference.runtime import resolve_runtime
 from bgekit.models.loading import (
     load_pretrained,
     load_tokenizer,
     model_max_length,
-    resolve_device,
-    resolve_dtype,
     resolve_model_folder,
 )
 from bgekit.models.settings import (
@@ -151,32 +150,14 @@ class Embedder:
         llm = self.settings.kind in LLM_KINDS
         self.adapter = self._check_adapter(kwargs.get("adapter"))
 
-        devices = kwargs.get("devices")
-        device = kwargs.get("device")
-        if isinstance(devices, str):
-            devices = [devices]
-        if devices is not None and device is not None:
-            raise ConfigError("give either device= or devices=, not both")
-        if devices is not None and len(devices) == 0:
-            raise ConfigError("devices=[] is empty; name at least one device or leave it out")
-        self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
-        self.device = resolve_device(self.devices[0])
-        self.max_tokens_per_batch = default_token_budget(kwargs, self.device, DEFAULT_MAX_TOKENS_PER_BATCH)
-        self.quantization = kwargs.get("quantization")
-        if self.quantization not in (None, "int8"):
-            raise ConfigError(f"quantization={self.quantization!r} is not valid; choose None or 'int8'")
-        # int8 runs through ONNX Runtime's maintained dynamic quantisation (not torch.ao's deprecated one)
-        self.backend = kwargs.get("backend") or ("onnx" if self.quantization else "torch")
-        if self.backend not in ("torch", "onnx"):
-            raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
-        if self.quantization and self.backend != "onnx":
-            raise ConfigError(
-                "quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'"
-            )
-        default_dtype = self.settings.dtype or ("bf16" if llm else "fp32")
-        self.dtype, self.torch_dtype = resolve_dtype(
-            kwargs.get("dtype"), default_dtype, self.device, self.backend
+        runtime = resolve_runtime(
+            kwargs, self.settings.dtype or ("bf16" if llm else "fp32"), DEFAULT_MAX_TOKENS_PER_BATCH
         )
+        self.devices, self.device = runtime.devices, runtime.device
+        self.max_tokens_per_batch = runtime.max_tokens_per_batch
+        self.backend, self.quantization = runtime.backend, runtime.quantization
+        self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
+        self._requested_dtype = runtime.requested_dtype
 
         self.tokenizer = load_tokenizer(
             self.folder, trust_remote_code=self.trust_remote_code, padding_side=self.settings.padding_side
@@ -330,7 +311,7 @@ class Embedder:
     def _worker_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {k: getattr(self.settings, k) for k in _SETTING_ARGS}
         kwargs.update(
-            dtype=self.dtype,
+            dtype=self._requested_dtype,
             batch_size=self.batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=False,

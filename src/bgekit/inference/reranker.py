@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bgekit.engine import BatchEngine, DevicePool, default_token_budget, pad_sequences
+from bgekit.engine import BatchEngine, DevicePool, pad_sequences
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference.embedder import file_fingerprint
@@ -32,12 +32,11 @@ from bgekit.inference.rerank_heads import (
 )
 from bgekit.inference.rerank_inputs import CrossEncoderInputs, PromptInputs, as_pair_list
 from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranker_settings
+from bgekit.inference.runtime import resolve_runtime
 from bgekit.models import reranker_registry
 from bgekit.models.loading import (
     load_pretrained,
     load_tokenizer,
-    resolve_device,
-    resolve_dtype,
     resolve_model_folder,
 )
 from bgekit.models.settings import write_saved_settings
@@ -143,32 +142,12 @@ class Reranker:
         self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
         self.show_progress = kwargs.get("show_progress")
 
-        devices = kwargs.get("devices")
-        device = kwargs.get("device")
-        if isinstance(devices, str):
-            devices = [devices]
-        if devices is not None and device is not None:
-            raise ConfigError("give either device= or devices=, not both")
-        if devices is not None and len(devices) == 0:
-            raise ConfigError("devices=[] is empty; name at least one device or leave it out")
-        self.devices: list[str] = [str(d) for d in devices] if devices else [str(resolve_device(device))]
-        self.device = resolve_device(self.devices[0])
-        self.max_tokens_per_batch = default_token_budget(kwargs, self.device, DEFAULT_MAX_TOKENS_PER_BATCH)
-        self.quantization = kwargs.get("quantization")
-        if self.quantization not in (None, "int8"):
-            raise ConfigError(f"quantization={self.quantization!r} is not valid; choose None or 'int8'")
-        # int8 runs through ONNX Runtime's maintained dynamic quantisation, as for embedders
-        self.backend = kwargs.get("backend") or ("onnx" if self.quantization else "torch")
-        if self.backend not in ("torch", "onnx"):
-            raise ConfigError(f"backend={self.backend!r} is not valid; choose 'torch' or 'onnx'")
-        if self.quantization and self.backend != "onnx":
-            raise ConfigError(
-                "quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'"
-            )
-        default_dtype = self.settings.dtype or "fp32"
-        self.dtype, self.torch_dtype = resolve_dtype(
-            kwargs.get("dtype"), default_dtype, self.device, self.backend
-        )
+        runtime = resolve_runtime(kwargs, self.settings.dtype or "fp32", DEFAULT_MAX_TOKENS_PER_BATCH)
+        self.devices, self.device = runtime.devices, runtime.device
+        self.max_tokens_per_batch = runtime.max_tokens_per_batch
+        self.backend, self.quantization = runtime.backend, runtime.quantization
+        self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
+        self._requested_dtype = runtime.requested_dtype
 
         self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
         original_pad_id = self.tokenizer.pad_token_id
@@ -339,7 +318,7 @@ class Reranker:
         kwargs: dict[str, Any] = self.settings.to_dict()
         kwargs.update(
             kind=self.kind,
-            dtype=self.dtype,
+            dtype=self._requested_dtype,
             batch_size=self.batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=False,

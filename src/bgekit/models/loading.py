@@ -148,11 +148,12 @@ def choose_dtype(dtype: str | None, device: torch.device, backend: str = "torch"
 
 
 def resolve_dtype(
-    given: str | None, default: str, device: torch.device, backend: str = "torch"
+    given: str | None, default: str, device: torch.device, backend: str = "torch", stacklevel: int = 4
 ) -> tuple[str, torch.dtype]:
     """The dtype a model runs in, as (name, torch dtype): the caller's ``given`` one, else ``default`` (the
     checkpoint's or the model kind's), resolved by ``choose_dtype``.
 
+    The name is the one that runs: ``fp16`` on a CPU falls back to (and is reported as) ``fp32``.
     ONNX graphs are fp32 whatever the checkpoint's usual dtype, so with ``backend="onnx"`` only a dtype the
     caller gave is checked.
 
@@ -161,7 +162,9 @@ def resolve_dtype(
         ('fp32', torch.float32)
     """
     name = choose_dtype(given if backend == "onnx" else (given or default), device, backend)
-    return name, resolve_torch_dtype(name, device, stacklevel=4)
+    torch_dtype = resolve_torch_dtype(name, device, stacklevel=stacklevel)
+    # report what runs: fp16 asked for on a CPU runs (and is reported) as fp32
+    return DTYPE_NAMES[torch_dtype], torch_dtype
 
 
 def resolve_torch_dtype(dtype: str | None, device: torch.device, stacklevel: int = 3) -> torch.dtype:
@@ -182,7 +185,11 @@ def resolve_torch_dtype(dtype: str | None, device: torch.device, stacklevel: int
             "emulated); fp32 is likely faster here (dtype='auto' picks for you)",
             stacklevel=stacklevel,
         )
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return TORCH_DTYPES[name]
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {value: key for key, value in TORCH_DTYPES.items()}
 
 
 def load_tokenizer(folder: str, *, trust_remote_code: bool = False, padding_side: str | None = None) -> Any:
