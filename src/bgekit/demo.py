@@ -1,4 +1,4 @@
-"""``make demo``: embed a real corpus with the default model and answer a few queries.
+"""``make demo``: index a real corpus with the default model and answer a few queries.
 
 Uses ../shared/data/scifact when present (the real BEIR SciFact corpus), otherwise the project's own docs.
 """
@@ -9,8 +9,6 @@ import glob
 import os
 import sys
 import time
-
-import numpy as np
 
 DEFAULT_QUERIES = [
     "0-dimensional biomaterials lack inductive properties.",
@@ -48,6 +46,7 @@ def find_corpus() -> tuple[str, list[dict[str, str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     from bgekit import Embedder
+    from bgekit.index import SearchIndex
     from bgekit.models.loading import cpu_bf16_speedup
 
     queries = (argv if argv is not None else sys.argv[1:]) or DEFAULT_QUERIES
@@ -63,16 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model:  {model}")
     print(f"corpus: {source} ({len(docs)} documents)")
     start = time.perf_counter()
-    corpus = model.encode_corpus(docs)
+    index = SearchIndex.build(model, docs)  # the RAG path: vectors kept with their texts, exact search
     elapsed = time.perf_counter() - start
-    print(f"encoded {len(docs)} documents in {elapsed:.1f}s ({len(docs) / elapsed:.0f} docs/s)\n")
-    scores = model.encode_queries(queries) @ corpus.T
-    for query, row in zip(queries, scores, strict=True):
+    print(f"indexed {len(docs)} documents in {elapsed:.1f}s ({len(docs) / elapsed:.0f} docs/s)\n")
+    for query, hits in zip(queries, index.search(queries, top_k=3), strict=True):
         print(f"query: {query}")
-        for rank, index in enumerate(np.argsort(-row)[:3], start=1):
-            doc = docs[index]
-            text = (doc["title"] + " " + doc["text"]).strip().replace("\n", " ")
-            print(f"  {rank}. [{row[index]:.4f}] {doc['id']}: {text[:100]}")
+        for rank, hit in enumerate(hits, start=1):
+            text = f"{hit.title} {hit.text}".strip().replace("\n", " ")
+            print(f"  {rank}. [{hit.score:.4f}] {hit.id}: {text[:100]}")
         print()
     return 0
 

@@ -17,7 +17,8 @@ COMMANDS = {
     "score": "bgekit.cli.score",
     "finetune": "bgekit.cli.finetune",
     "merge": "bgekit.cli.merge",
-    "bench": "bgekit.cli.bench",
+    "index": "bgekit.cli.index",
+    "search": "bgekit.cli.search",
     "serve": "bgekit.cli.serve",
 }
 

@@ -21,6 +21,7 @@ from bgekit.evaluation.datasets import RetrievalDataset
 from bgekit.evaluation.metrics import ranked
 from bgekit.inference.inputs import corpus_item_text
 from bgekit.inference.m3 import dense_array
+from bgekit.optional import require_faiss
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ class RerankerLike(Protocol):
     def compute_score(self, pairs: list[tuple[str, str]]) -> Sequence[float]: ...
 
 
-def _require_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - the eval extra is installed in CI
-        raise ConfigError("dense search needs faiss: pip install 'bgekit[eval]' (or faiss-cpu)") from exc
-    return faiss
-
-
 def _progress(total: int, desc: str, show: bool | None) -> Any:
     from tqdm.auto import tqdm
 
@@ -77,7 +70,7 @@ def encode_corpus_into_index(
     Returns:
         ``(index, doc_ids, info)``; ``info`` has ``encode_seconds``, ``chunks_encoded``, ``chunks_cached``.
     """
-    faiss = _require_faiss()
+    faiss = require_faiss()
     if chunk_size < 1:
         raise ConfigError(f"corpus_chunk_size must be >= 1, got {chunk_size}")
     doc_ids = list(dataset.corpus)

@@ -26,6 +26,7 @@ from bgekit.errors import ConfigError, DataFormatError
 from bgekit.inference.inputs import corpus_item_text
 from bgekit.inference.m3 import dense_array
 from bgekit.io import iter_jsonl, save_npy_atomic, write_jsonl_atomic
+from bgekit.optional import require_faiss
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def build_index(
     Example:
         >>> index = build_index(Embedder("BAAI/bge-small-en-v1.5"), ["a", "b"])   # doctest: +SKIP
     """
-    faiss = _require_faiss()
+    faiss = require_faiss("hard-negative mining")
     prefix = None
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
@@ -154,16 +155,6 @@ def build_index(
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         del vectors
     return index
-
-
-def _require_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - faiss is a dependency of the [train] extra
-        raise ConfigError(
-            "hard-negative mining needs faiss: pip install 'bgekit[train]' (faiss-cpu)"
-        ) from exc
-    return faiss
 
 
 def select_negatives(

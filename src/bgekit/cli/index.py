@@ -1,0 +1,67 @@
+"""Index a corpus for search: encode it once and save vectors (and BGE-M3 lexical weights) with the texts.
+
+The corpus is a BEIR ``corpus.jsonl`` (``_id``, optional ``title``, ``text`` per line). Encoding is
+checkpointed chunk by chunk in ``OUTPUT.partial/``: rerun the same command after a crash and it resumes.
+The index folder is written atomically; search it with ``bgekit search`` or serve it with ``bgekit serve``.
+
+Example:
+    bgekit index --model BAAI/bge-m3 --corpus corpus.jsonl --output my-index
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub name or local embedder folder")
+    parser.add_argument("--corpus", required=True, help="BEIR corpus.jsonl: _id, title (optional), text")
+    parser.add_argument("--output", required=True, help="the index folder to write")
+    parser.add_argument("--no-sparse", action="store_true", help="BGE-M3: keep only the dense vectors")
+    parser.add_argument("--chunk-size", type=int, default=10_000, help="documents between checkpoints")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
+    parser.add_argument("--quantization", choices=["int8"], default=None, help="int8 through ONNX Runtime")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run code shipped with the checkpoint"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bgekit import Embedder
+    from bgekit.index import SearchIndex
+
+    embedder = Embedder(
+        args.model,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        batch_size=args.batch_size,
+        devices=args.devices,
+        trust_remote_code=args.trust_remote_code,
+        show_progress=False,
+    )
+    partial = args.output.rstrip("/") + ".partial"
+    try:
+        index = SearchIndex.build(
+            embedder,
+            args.corpus,
+            sparse=False if args.no_sparse else None,
+            chunk_size=args.chunk_size,
+            checkpoint_dir=partial,
+            show_progress=not args.no_progress,
+        )
+    finally:
+        embedder.close()
+    index.save(args.output)
+    shutil.rmtree(partial, ignore_errors=True)
+    resumed = index.info.get("chunks_resumed", 0)
+    print(
+        f"indexed {len(index)} documents ({', '.join(index.modes)}) -> {args.output} in "
+        f"{index.info['encode_seconds']:.1f}s" + (f" ({resumed} chunk(s) resumed)" if resumed else ""),
+        file=sys.stderr,
+    )
+    return 0

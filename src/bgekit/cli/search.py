@@ -1,0 +1,43 @@
+"""Search a saved index from the command line: the best documents for each query, best first.
+
+Example:
+    bgekit search --index my-index --query "what is bge?" --top-k 5 [--reranker BAAI/bge-reranker-v2-m3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, help="an index folder written by `bgekit index`")
+    parser.add_argument("--query", required=True, nargs="+", help="one or more queries")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--mode", choices=["dense", "sparse", "hybrid"], default=None)
+    parser.add_argument(
+        "--reranker", default=None, help="rerank the first --rerank-top-k hits with this model"
+    )
+    parser.add_argument("--rerank-top-k", type=int, default=100)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per query")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bgekit import Reranker
+    from bgekit.index import SearchIndex
+
+    index = SearchIndex.load(args.index, dtype=args.dtype)
+    reranker = Reranker(args.reranker, dtype=args.dtype) if args.reranker else None
+    results = index.search(
+        args.query, args.top_k, mode=args.mode, reranker=reranker, rerank_top_k=args.rerank_top_k
+    )
+    for query, hits in zip(args.query, results, strict=True):
+        if args.json:
+            print(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+            continue
+        print(f"# {query}")
+        for rank, hit in enumerate(hits, start=1):
+            snippet = (f"{hit.title}: " if hit.title else "") + hit.text
+            print(f"{rank:>3}. {hit.score:8.4f}  {hit.id}  {snippet[:100]}")
+    return 0

@@ -1,0 +1,34 @@
+"""Fixtures for index tests: a SciFact slice, MiniLM, and a tiny BGE-M3 (dense + sparse) checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.conftest import build_tiny_m3  # tests/ is on sys.path (rootdir conftest)
+
+
+@pytest.fixture(scope="session")
+def index_m3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_m3(tmp_path_factory.mktemp("index-m3"))
+
+
+@pytest.fixture(scope="session")
+def scifact_slice(scifact_corpus: list[dict], scifact_queries: list[dict]) -> tuple[list[dict], list[str]]:
+    """The first 300 SciFact documents and 20 queries."""
+    return scifact_corpus[:300], [q["text"] for q in scifact_queries[:20]]
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path: str):  # noqa: ANN201 - the Embedder
+    from bgekit import Embedder
+
+    return Embedder(minilm_path, device="cpu")
+
+
+def write_corpus(path: Path, rows: list[dict]) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
