@@ -156,6 +156,17 @@ def test_reranking_reorders_the_retrieved_hits(
         order = sorted(range(20), key=lambda i: -scores[i])[:5]  # stable: ties keep the retrieval order
         assert [h.id for h in second] == [first[i].id for i in order]
         assert [h.retrieval_score for h in second] == [first[i].score for i in order]
+    assert len(index.search(queries[0], top_k=10, reranker=Overlap(), rerank_top_k=4)) == 4  # only reranked
+
+
+def test_an_index_of_a_relative_model_path_loads_from_anywhere(
+    minilm_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(os.path.dirname(minilm_path))
+    index = SearchIndex.build(Embedder(os.path.basename(minilm_path), device="cpu"), ["a cat", "a dog"])
+    index.save(str(tmp_path / "idx"))
+    monkeypatch.chdir(tmp_path)
+    assert SearchIndex.load("idx").search("kitten", top_k=1)[0].text == "a cat"
 
 
 @pytest.mark.parametrize(

@@ -235,6 +235,7 @@ class SearchIndex:
         self.sparse = sparse
         self.info = dict(info or {})
         self._faiss: Any = None
+        self._sparse_t: sp.csc_matrix | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -317,8 +318,10 @@ class SearchIndex:
                 dense_parts.append(part[0])
             if part[1] is not None:
                 sparse_parts.append(part[1])
+        name = getattr(embedder, "name_or_path", None)
         info = {
-            "model": getattr(embedder, "name_or_path", None),
+            # a local model is recorded by absolute path so that load() finds it from any directory
+            "model": os.path.abspath(name) if name and os.path.isdir(name) else name,
             "model_identity": identity,
             "dtype": getattr(embedder, "dtype", None),
             "documents": len(ids),
@@ -352,7 +355,8 @@ class SearchIndex:
             weights: hybrid weights ``{"dense": ..., "sparse": ...}`` (default 1.0 and 0.3).
             reranker: anything with ``compute_score(pairs)`` (e.g. ``bgekit.Reranker``): rescores the first
                 ``rerank_top_k`` hits and ranks by its score.
-            rerank_top_k: how many retrieved hits the reranker sees.
+            rerank_top_k: how many retrieved hits the reranker sees; with a reranker at most this many
+                hits come back.
 
         Raises:
             ConfigError: a mode this index cannot serve, a bad ``top_k`` or weight.
@@ -380,7 +384,8 @@ class SearchIndex:
             mixed[key] = float(value)
         if not texts:
             return []
-        fetch = min(len(self.ids), max(top_k, rerank_top_k if reranker is not None else 0))
+        # a reranker sees the first rerank_top_k hits and only those come back, as FlagEmbedding's evaluator
+        fetch = min(len(self.ids), rerank_top_k if reranker is not None else top_k)
         if mode == "dense":
             positions, scores = self._dense_top(texts, fetch)
         else:
@@ -433,7 +438,9 @@ class SearchIndex:
             raise ConfigError(
                 f"the embedder's vocabulary ({lexical.shape[1]}) differs from the index's ({self.sparse.shape[1]})"
             )
-        corpus_t = self.sparse.T.tocsc()
+        if self._sparse_t is None:
+            self._sparse_t = self.sparse.T.tocsc()
+        corpus_t = self._sparse_t
         step = max(1, _SCORE_CELLS // max(1, len(self.ids)))
         out_p: list[list[int]] = []
         out_s: list[list[float]] = []
