@@ -250,3 +250,46 @@ def test_index_search_reproduces_the_mteb_score_on_scifact(minilm: Embedder, sci
     run = {q: {hit.id: hit.score for hit in hits} for q, hits in zip(query_ids, results, strict=True)}
     scores, _ = compute_metrics(dataset.qrels, run, k_values=[10])
     assert scores["ndcg_at_10"] == pytest.approx(0.6451, abs=5e-5)  # MTEB's all-MiniLM-L6-v2 SciFact score
+
+
+def test_m3_rescorer_reranks_with_m3s_own_combined_score(
+    index_m3_dir: str, scifact_slice: tuple[list[dict], list[str]]
+) -> None:
+    from bgekit.index import M3Rescorer
+
+    corpus, queries = scifact_slice
+    m3 = Embedder(index_m3_dir, device="cpu")
+    index = SearchIndex.build(m3, corpus[:80])
+    first = index.search(queries[0], top_k=15)
+    reranked = index.search(queries[0], top_k=5, reranker=M3Rescorer(m3), rerank_top_k=15)
+    pairs = [(queries[0], corpus_item_text({"title": h.title, "text": h.text}, 0)) for h in first]
+    combined = m3.compute_score(pairs, weights_for_different_modes=[0.4, 0.2, 0.4])["colbert+sparse+dense"]
+    order = sorted(range(15), key=lambda i: -combined[i])[:5]
+    assert [h.id for h in reranked] == [first[i].id for i in order]
+    np.testing.assert_allclose([h.score for h in reranked], [combined[i] for i in order], rtol=1e-6)
+    with pytest.raises(ConfigError, match="needs a BGE-M3 embedder"):
+        M3Rescorer(Embedder(index_m3_dir, device="cpu", kind="encoder"))
+    with pytest.raises(ConfigError, match="mode='all' is not valid"):
+        M3Rescorer(m3, mode="all")
+
+
+def test_cli_search_m3_rescore(
+    index_m3_dir: str,
+    scifact_slice: tuple[list[dict], list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from bgekit.cli.main import main
+    from bgekit.index import M3Rescorer
+
+    corpus, queries = scifact_slice
+    m3 = Embedder(index_m3_dir, device="cpu")
+    index = SearchIndex.build(m3, corpus[:40])
+    index.save(str(tmp_path / "idx"))
+    capsys.readouterr()
+    argv = ["search", "--index", str(tmp_path / "idx"), "--query", queries[1], "--m3-rescore", "--json"]
+    assert main([*argv, "--top-k", "3", "--rerank-top-k", "10"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = index.search(queries[1], top_k=3, reranker=M3Rescorer(m3), rerank_top_k=10)
+    assert [h["id"] for h in printed["hits"]] == [h.id for h in expected]
+    assert main([*argv, "--reranker", index_m3_dir]) == 2  # one second stage at a time

@@ -132,3 +132,11 @@ def test_bgekit_serve_answers_on_localhost(index: SearchIndex, tmp_path: Path) -
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_rerank_edge_cases(client: Any, reranker: Reranker) -> None:
+    one = client.post("/rerank", json={"query": "what is a panda?", "passages": ["A bear."]}).json()
+    assert one["ranking"] == [
+        {"index": 0, "score": reranker.compute_score([("what is a panda?", "A bear.")])[0]}
+    ]
+    assert client.post("/rerank", json={"query": "q", "passages": []}).json() == {"ranking": []}

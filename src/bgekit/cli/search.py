@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
+
+from bgekit.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reranker", default=None, help="rerank the first --rerank-top-k hits with this model"
     )
+    parser.add_argument(
+        "--m3-rescore", action="store_true", help="BGE-M3 index: rerank with M3's colbert+sparse+dense score"
+    )
     parser.add_argument("--rerank-top-k", type=int, default=100)
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object per query")
@@ -25,10 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bgekit import Reranker
-    from bgekit.index import SearchIndex
+    from bgekit.index import M3Rescorer, SearchIndex
 
+    if args.reranker and args.m3_rescore:
+        raise ConfigError("give --reranker or --m3-rescore, not both")
     index = SearchIndex.load(args.index, dtype=args.dtype)
-    reranker = Reranker(args.reranker, dtype=args.dtype) if args.reranker else None
+    reranker: Any = Reranker(args.reranker, dtype=args.dtype) if args.reranker else None
+    if args.m3_rescore:
+        reranker = M3Rescorer(index.embedder)
     results = index.search(
         args.query, args.top_k, mode=args.mode, reranker=reranker, rerank_top_k=args.rerank_top_k
     )

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default=None, help="an index folder written by `bgekit index`")
     parser.add_argument("--model", default=None, help="an embedder for /embed when there is no --index")
     parser.add_argument("--reranker", default=None, help="a reranker for /rerank and reranked /search")
+    parser.add_argument(
+        "--m3-rescore", action="store_true", help="BGE-M3 index: rerank with M3's colbert+sparse+dense score"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
@@ -28,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_app(args: argparse.Namespace) -> Any:
     from bgekit import Embedder, Reranker
-    from bgekit.index import SearchIndex
+    from bgekit.index import M3Rescorer, SearchIndex
     from bgekit.serve import create_app
 
     if not (args.index or args.model or args.reranker):
@@ -37,7 +40,15 @@ def build_app(args: argparse.Namespace) -> Any:
         raise ConfigError("give --index or --model, not both: an index brings the model that built it")
     index = SearchIndex.load(args.index, dtype=args.dtype) if args.index else None
     embedder = Embedder(args.model, dtype=args.dtype) if args.model else None
-    reranker = Reranker(args.reranker, dtype=args.dtype) if args.reranker else None
+    reranker: Any = None
+    if args.m3_rescore:
+        if args.reranker or index is None:
+            raise ConfigError(
+                "--m3-rescore reranks with the index's own BGE-M3 model: give --index, not --reranker"
+            )
+        reranker = M3Rescorer(index.embedder)
+    elif args.reranker:
+        reranker = Reranker(args.reranker, dtype=args.dtype)
     return create_app(index, embedder=embedder, reranker=reranker)
 
 

@@ -115,8 +115,12 @@ def create_app(index: Any = None, *, embedder: Any = None, reranker: Any = None)
     def rerank(request: RerankRequest) -> dict[str, Any]:
         if reranker is None:
             raise ConfigError("this server has no reranker: start it with --reranker")
+        if not request.passages:
+            return {"ranking": []}
         with lock:
-            ranking = reranker.rank(request.query, request.passages, top_k=request.top_k)
-        return {"ranking": [{"index": int(i), "score": float(s)} for i, s in ranking]}
+            scores = list(reranker.compute_score([(request.query, p) for p in request.passages]))
+        # best first; equal scores keep the input order (Reranker.rank's rule, for any compute_score)
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: request.top_k]
+        return {"ranking": [{"index": i, "score": float(scores[i])} for i in order]}
 
     return app
