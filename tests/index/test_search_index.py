@@ -293,3 +293,22 @@ def test_cli_search_m3_rescore(
     expected = index.search(queries[1], top_k=3, reranker=M3Rescorer(m3), rerank_top_k=10)
     assert [h["id"] for h in printed["hits"]] == [h.id for h in expected]
     assert main([*argv, "--reranker", index_m3_dir]) == 2  # one second stage at a time
+
+
+def test_adding_documents_equals_building_with_them(
+    minilm: Embedder, index_m3_dir: str, scifact_slice: tuple[list[dict], list[str]]
+) -> None:
+    corpus, queries = scifact_slice
+    for embedder in (minilm, Embedder(index_m3_dir, device="cpu")):
+        whole = SearchIndex.build(embedder, corpus[:120])
+        grown = SearchIndex.build(embedder, corpus[:70])
+        grown.search(queries[0])  # the search structures are rebuilt after an add
+        grown.add(corpus[70:120])
+        assert len(grown) == 120 and grown.ids == whole.ids
+        for a, b in zip(
+            grown.search(queries[:5], top_k=10), whole.search(queries[:5], top_k=10), strict=True
+        ):
+            assert [h.id for h in a] == [h.id for h in b]
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=1e-5, atol=1e-6)
+        with pytest.raises(InputError, match=f"document id {corpus[5]['_id']!r} is already in the index"):
+            grown.add([corpus[5]])

@@ -337,6 +337,39 @@ class SearchIndex:
             info,
         )
 
+    def add(
+        self, corpus: Any, *, chunk_size: int = DEFAULT_CHUNK_SIZE, show_progress: bool | None = None
+    ) -> None:
+        """Encode more documents with the index's embedder and append them (ids must be new).
+
+        Example:
+            >>> index.add([{"id": "d9", "title": "Koalas", "text": "Koalas are marsupials."}])   # doctest: +SKIP
+        """
+        ids, documents = documents_of(corpus)
+        if not ids:
+            return
+        known = set(self.ids)
+        clash = next((i for i in ids if i in known), None)
+        if clash is not None:
+            raise InputError(f"document id {clash!r} is already in the index; ids must be unique")
+        more = SearchIndex.build(
+            self.embedder,
+            dict(zip(ids, documents, strict=True)),
+            dense=self.dense is not None,
+            sparse=self.sparse is not None,
+            chunk_size=chunk_size,
+            show_progress=show_progress,
+        )
+        if self.dense is not None and more.dense is not None:
+            self._check_dim(more.dense)
+            self.dense = np.concatenate([self.dense, more.dense])
+        if self.sparse is not None and more.sparse is not None:
+            self.sparse = sp.vstack([self.sparse, more.sparse], format="csr")
+        self.ids.extend(ids)
+        self.documents.extend(documents)
+        self.info["documents"] = len(self.ids)
+        self._faiss = self._sparse_t = None  # rebuilt on the next search
+
     def search(
         self,
         queries: str | list[str],
