@@ -62,11 +62,10 @@ def test_save_and_load_give_the_same_results(
     assert (tmp_path / "not-an-index" / "notes.txt").read_text() == "keep me"
 
 
-def test_load_refuses_another_model(minilm: Embedder, index_m3_dir: str, tmp_path: Path) -> None:
+def test_load_refuses_another_model(minilm: Embedder, m3: Embedder, tmp_path: Path) -> None:
     SearchIndex.build(minilm, ["a cat", "a dog"]).save(str(tmp_path / "idx"))
-    other = Embedder(index_m3_dir, device="cpu")
     with pytest.raises(ConfigError, match="built with another model"):
-        SearchIndex.load(str(tmp_path / "idx"), other)
+        SearchIndex.load(str(tmp_path / "idx"), m3)
     with pytest.raises(DataFormatError, match="not a bgekit index"):
         SearchIndex.load(str(tmp_path))
 
@@ -76,7 +75,7 @@ class FailingAfter:
 
     def __init__(self, embedder: Embedder, calls: int) -> None:
         self.embedder, self.calls = embedder, calls
-        self.folder, self.settings, self.adapter = embedder.folder, embedder.settings, embedder.adapter
+        self.fingerprint = embedder.fingerprint
 
     def encode_corpus(self, items: list[Any], **kwargs: Any) -> Any:
         self.calls -= 1
@@ -103,10 +102,9 @@ def test_an_interrupted_build_resumes_from_its_checkpoint(
 
 
 def test_m3_sparse_and_hybrid_scores_follow_bge_m3(
-    index_m3_dir: str, scifact_slice: tuple[list[dict], list[str]]
+    m3: Embedder, scifact_slice: tuple[list[dict], list[str]]
 ) -> None:
     corpus, queries = scifact_slice
-    m3 = Embedder(index_m3_dir, device="cpu")
     index = SearchIndex.build(m3, corpus[:120])
     assert index.modes == ["dense", "sparse", "hybrid"]
     texts = [corpus_item_text(d, i) for i, d in enumerate(corpus[:120])]
@@ -253,12 +251,11 @@ def test_index_search_reproduces_the_mteb_score_on_scifact(minilm: Embedder, sci
 
 
 def test_m3_rescorer_reranks_with_m3s_own_combined_score(
-    index_m3_dir: str, scifact_slice: tuple[list[dict], list[str]]
+    m3: Embedder, index_m3_dir: str, scifact_slice: tuple[list[dict], list[str]]
 ) -> None:
     from bgekit.index import M3Rescorer
 
     corpus, queries = scifact_slice
-    m3 = Embedder(index_m3_dir, device="cpu")
     index = SearchIndex.build(m3, corpus[:80])
     first = index.search(queries[0], top_k=15)
     reranked = index.search(queries[0], top_k=5, reranker=M3Rescorer(m3), rerank_top_k=15)
@@ -274,6 +271,7 @@ def test_m3_rescorer_reranks_with_m3s_own_combined_score(
 
 
 def test_cli_search_m3_rescore(
+    m3: Embedder,
     index_m3_dir: str,
     scifact_slice: tuple[list[dict], list[str]],
     tmp_path: Path,
@@ -283,7 +281,6 @@ def test_cli_search_m3_rescore(
     from bgekit.index import M3Rescorer
 
     corpus, queries = scifact_slice
-    m3 = Embedder(index_m3_dir, device="cpu")
     index = SearchIndex.build(m3, corpus[:40])
     index.save(str(tmp_path / "idx"))
     capsys.readouterr()
@@ -296,10 +293,10 @@ def test_cli_search_m3_rescore(
 
 
 def test_adding_documents_equals_building_with_them(
-    minilm: Embedder, index_m3_dir: str, scifact_slice: tuple[list[dict], list[str]]
+    minilm: Embedder, m3: Embedder, scifact_slice: tuple[list[dict], list[str]]
 ) -> None:
     corpus, queries = scifact_slice
-    for embedder in (minilm, Embedder(index_m3_dir, device="cpu")):
+    for embedder in (minilm, m3):
         whole = SearchIndex.build(embedder, corpus[:120])
         grown = SearchIndex.build(embedder, corpus[:70])
         grown.search(queries[0])  # the search structures are rebuilt after an add

@@ -29,16 +29,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per query")
 
 
-def run(args: argparse.Namespace) -> int:
+def second_stage(args: argparse.Namespace, index: Any) -> Any:
+    """The reranker that ``--reranker`` or ``--m3-rescore`` asks for (``None`` for neither), for search and
+    serve alike."""
     from bgekit import Reranker
-    from bgekit.index import M3Rescorer, SearchIndex
+    from bgekit.index import M3Rescorer
 
-    if args.reranker and args.m3_rescore:
-        raise ConfigError("give --reranker or --m3-rescore, not both")
-    index = SearchIndex.load(args.index, dtype=args.dtype)
-    reranker: Any = Reranker(args.reranker, dtype=args.dtype) if args.reranker else None
     if args.m3_rescore:
-        reranker = M3Rescorer(index.embedder)
+        if args.reranker or index is None:
+            raise ConfigError(
+                "--m3-rescore reranks with the index's own BGE-M3 model: give --index, not --reranker"
+            )
+        return M3Rescorer(index.embedder)
+    return Reranker(args.reranker, dtype=args.dtype) if args.reranker else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from bgekit.index import SearchIndex
+
+    index = SearchIndex.load(args.index, dtype=args.dtype)
+    reranker = second_stage(args, index)
     results = index.search(
         args.query, args.top_k, mode=args.mode, reranker=reranker, rerank_top_k=args.rerank_top_k
     )

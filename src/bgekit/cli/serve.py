@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_app(args: argparse.Namespace) -> Any:
-    from bgekit import Embedder, Reranker
-    from bgekit.index import M3Rescorer, SearchIndex
+    from bgekit import Embedder
+    from bgekit.cli.search import second_stage
+    from bgekit.index import SearchIndex
     from bgekit.serve import create_app
 
     if not (args.index or args.model or args.reranker):
@@ -40,16 +41,7 @@ def build_app(args: argparse.Namespace) -> Any:
         raise ConfigError("give --index or --model, not both: an index brings the model that built it")
     index = SearchIndex.load(args.index, dtype=args.dtype) if args.index else None
     embedder = Embedder(args.model, dtype=args.dtype) if args.model else None
-    reranker: Any = None
-    if args.m3_rescore:
-        if args.reranker or index is None:
-            raise ConfigError(
-                "--m3-rescore reranks with the index's own BGE-M3 model: give --index, not --reranker"
-            )
-        reranker = M3Rescorer(index.embedder)
-    elif args.reranker:
-        reranker = Reranker(args.reranker, dtype=args.dtype)
-    return create_app(index, embedder=embedder, reranker=reranker)
+    return create_app(index, embedder=embedder, reranker=second_stage(args, index))
 
 
 def run(args: argparse.Namespace) -> int:

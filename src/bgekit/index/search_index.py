@@ -29,6 +29,8 @@ import scipy.sparse as sp
 from bgekit.errors import ConfigError, DataFormatError, InputError
 from bgekit.inference.inputs import as_text_list, corpus_item_text
 from bgekit.inference.m3 import dense_array
+from bgekit.inference.reranker import ranked_indices
+from bgekit.io import atomic_open
 from bgekit.optional import require_faiss
 
 Mode = Literal["dense", "sparse", "hybrid"]
@@ -108,21 +110,11 @@ def documents_of(corpus: Any) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def model_identity(embedder: Any) -> str | None:
-    """A hash of what makes an embedder's vectors comparable: its files and output settings, not its dtype
-    or backend (an index built in fp32 is searched well by the same model in bf16 or int8)."""
-    folder = getattr(embedder, "folder", None)
-    settings = getattr(embedder, "settings", None)
-    if folder is None or settings is None:
-        return None
-    from bgekit.inference.embedder import file_fingerprint
-
-    fields = {k: v for k, v in settings.to_dict().items() if k != "dtype"}
-    digest = hashlib.sha256(repr(sorted(fields.items())).encode())
-    digest.update(file_fingerprint(folder).encode())
-    adapter = getattr(embedder, "adapter", None)
-    if adapter:
-        digest.update(file_fingerprint(adapter).encode())
-    return digest.hexdigest()[:16]
+    """What makes an embedder's vectors comparable: its files and output settings, not its dtype or backend
+    (an index built in fp32 is searched well by the same model in bf16 or int8). ``None`` for encoders
+    that are not a bgekit ``Embedder``."""
+    fingerprint = getattr(embedder, "fingerprint", None)
+    return fingerprint(include_runtime=False) if callable(fingerprint) else None
 
 
 def _has_sparse_head(embedder: Any) -> bool:
@@ -158,7 +150,8 @@ class _Checkpoint:
                     "delete it to start again"
                 )
         else:
-            _write_json_atomic(marker, key)
+            with atomic_open(marker) as handle:
+                json.dump(key, handle, indent=2)
 
     def _path(self, number: int) -> str:
         return os.path.join(self.folder, f"chunk-{number:06d}.npz")
@@ -188,16 +181,8 @@ class _Checkpoint:
                 sparse_indptr=lexical.indptr,
                 sparse_shape=np.asarray(lexical.shape),
             )
-        staged = self._path(number) + ".tmp.npz"
-        np.savez(staged, **arrays)
-        os.replace(staged, self._path(number))
-
-
-def _write_json_atomic(path: str, value: Any) -> None:
-    staged = f"{path}.tmp{os.getpid()}"
-    with open(staged, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2)
-    os.replace(staged, path)
+        with atomic_open(self._path(number), "wb") as handle:
+            np.savez(handle, **arrays)
 
 
 class SearchIndex:
@@ -504,13 +489,14 @@ class SearchIndex:
         reranked: list[list[Hit]] = []
         offset = 0
         for hits in results:
-            rescored = [
-                Hit(hit.id, scores[offset + i], hit.title, hit.text, retrieval_score=hit.score)
-                for i, hit in enumerate(hits)
-            ]
+            own = scores[offset : offset + len(hits)]
             offset += len(hits)
-            # stable: equal reranker scores keep the retrieval order
-            reranked.append(sorted(rescored, key=lambda h: -h.score)[:top_k])
+            reranked.append(
+                [
+                    Hit(hits[i].id, own[i], hits[i].title, hits[i].text, retrieval_score=hits[i].score)
+                    for i in ranked_indices(own, top_k)  # equal reranker scores keep the retrieval order
+                ]
+            )
         return reranked
 
     def save(self, folder: str) -> None:
@@ -530,7 +516,8 @@ class SearchIndex:
                 for doc_id, doc in zip(self.ids, self.documents, strict=True):
                     handle.write(json.dumps({"_id": doc_id, **doc}, ensure_ascii=False) + "\n")
             meta = {"format": FORMAT_VERSION, "modes": self.modes, **self.info, "documents": len(self.ids)}
-            _write_json_atomic(os.path.join(staged, META_FILE), meta)
+            with open(os.path.join(staged, META_FILE), "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, indent=2)  # the whole folder is staged: no per-file renames
             if os.path.isdir(folder):
                 if not os.path.isfile(os.path.join(folder, META_FILE)):
                     raise ConfigError(f"{folder!r} exists and is not a bgekit index; refusing to replace it")

@@ -791,15 +791,21 @@ class Embedder:
             self.m3_heads.save(path)
         write_saved_settings(path, "embedder", settings)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, *, include_runtime: bool = True) -> str:
         """A hash of everything that changes this embedder's outputs: model files, settings, dtype.
 
         Used as a cache key by evaluation and mining. Files are identified by name, size and a hash of
-        their first and last MiB, so multi-GB checkpoints are fingerprinted quickly.
+        their first and last MiB, so multi-GB checkpoints are fingerprinted quickly. With
+        ``include_runtime=False`` the dtype, backend and quantisation are left out: the identity of the
+        model whose vectors a search index holds.
         """
+        settings = self.settings.to_dict()
+        if not include_runtime:
+            settings.pop("dtype", None)
         digest = hashlib.sha256()
-        digest.update(repr(sorted(self.settings.to_dict().items())).encode())
-        digest.update(f"{self.dtype}/{self.backend}/{self.quantization}".encode())
+        digest.update(repr(sorted(settings.items())).encode())
+        if include_runtime:
+            digest.update(f"{self.dtype}/{self.backend}/{self.quantization}".encode())
         digest.update(file_fingerprint(self.folder).encode())
         if self.adapter is not None:
             digest.update(file_fingerprint(self.adapter).encode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,18 @@ class _RerankerFactory:
 
     def __call__(self, device: str) -> Reranker:
         return Reranker(self.folder, device=device, **self.kwargs)
+
+
+def ranked_indices(scores: Sequence[float], top_k: int | None = None) -> list[int]:
+    """Positions of ``scores`` best first, the best ``top_k`` (all by default); equal scores keep their
+    input order (a stable sort), the rule of ``Reranker.rank`` and of every reranked list in bgekit.
+
+    Example:
+        >>> ranked_indices([0.5, 2.0, 0.5], top_k=2)
+        [1, 0]
+    """
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return order if top_k is None else order[:top_k]
 
 
 class Reranker:
@@ -417,10 +430,7 @@ class Reranker:
         if cutoff is not None and len(cutoff) > 1:
             raise ConfigError(f"rank needs one score per passage; pass cutoff_layers=[k] (got {cutoff})")
         scores = self.compute_score([(query, t) for t in texts], **kwargs) if texts else []
-        order = sorted(range(len(texts)), key=lambda i: -scores[i])  # stable: ties keep input order
-        if top_k is not None:
-            order = order[:top_k]
-        return [(i, float(scores[i])) for i in order]
+        return [(i, float(scores[i])) for i in ranked_indices(scores, top_k)]
 
     def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         s = self.settings

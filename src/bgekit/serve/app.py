@@ -11,6 +11,7 @@ import threading
 from typing import Any, Literal
 
 from bgekit.errors import BgekitError, ConfigError
+from bgekit.inference.reranker import ranked_indices
 
 
 def require_fastapi() -> Any:
@@ -119,8 +120,8 @@ def create_app(index: Any = None, *, embedder: Any = None, reranker: Any = None)
             return {"ranking": []}
         with lock:
             scores = list(reranker.compute_score([(request.query, p) for p in request.passages]))
-        # best first; equal scores keep the input order (Reranker.rank's rule, for any compute_score)
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: request.top_k]
+        # Reranker.rank's order for any compute_score reranker (M3Rescorer has no rank of its own)
+        order = ranked_indices(scores, request.top_k)
         return {"ranking": [{"index": i, "score": float(scores[i])} for i in order]}
 
     return app
