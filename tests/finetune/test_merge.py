@@ -234,3 +234,49 @@ def test_reranker_example_weights_follow_the_grouped_loss(
         by_hand.append(-(group[0] - np.log(np.exp(group).sum())))
     assert reranker_example_loss(a, examples) == pytest.approx(float(np.mean(by_hand)), rel=1e-5)
     assert losses[0] == pytest.approx(float(np.mean(by_hand)), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def finetuned_minilm(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """MiniLM after a few steps of bgekit fine-tuning: a newer save, without the stored position_ids."""
+    from bgekit.finetune.arguments import DataArguments, EmbedderTrainingArguments, ModelArguments
+    from bgekit.finetune.embedder import train
+
+    from .conftest import toy_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("finetuned-minilm")
+    data = write_jsonl(root / "train.jsonl", toy_rows(4, 2))
+    out = root / "out"
+    args = EmbedderTrainingArguments(
+        str(out), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-4, report_to="none",
+        use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    train(ModelArguments(minilm_path), DataArguments([data], train_group_size=2, passage_max_len=32), args)
+    return str(out)
+
+
+def test_merging_the_shipped_minilm_with_a_model_finetuned_from_it(
+    tmp_path: Path, minilm_path: str, finetuned_minilm: str
+) -> None:
+    # the LM-Cocktail recipe: the shipped checkpoint stores the non-persistent buffer
+    # embeddings.position_ids, the fine-tuned save does not; merging compares parameters only
+    assert "embeddings.position_ids" in read_state_dict(minilm_path)
+    assert "embeddings.position_ids" not in read_state_dict(finetuned_minilm)
+    out = tmp_path / "merged"
+    code = cli_main(
+        ["merge", "--models", minilm_path, finetuned_minilm, "--weights", "0.5", "0.5", "--output", str(out)]
+    )
+    assert code == 0
+    a, b, merged = read_state_dict(minilm_path), read_state_dict(finetuned_minilm), read_state_dict(str(out))
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(a[key], b[key])  # fine-tuning moved the weights
+    torch.testing.assert_close(merged[key], 0.5 * a[key] + 0.5 * b[key], rtol=1e-6, atol=1e-7)
+    assert set(merged) == set(a)  # every parameter, and the first model's saved buffer
+
+    # and the merged model works: each query finds its own document among the texts
+    queries = ["bioactive materials", "stem cell tracking", "a bear from China"]
+    with Embedder(str(out), device="cpu", show_progress=False) as model:
+        scores = model.encode_queries(queries) @ model.encode_corpus(TEXTS).T
+    assert np.isfinite(scores).all()
+    assert scores.argmax(axis=1).tolist() == [0, 1, 2]
+    np.testing.assert_allclose(np.linalg.norm(_embed(str(out)), axis=1), 1.0, rtol=1e-5)

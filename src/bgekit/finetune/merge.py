@@ -115,6 +115,48 @@ def check_same_architecture(reference: str, other: str) -> None:
         )
 
 
+def rebuilt_buffers(folder: str) -> frozenset[str]:
+    """Checkpoint keys of buffers that the folder's architecture rebuilds when it loads (non-persistent
+    buffers such as BERT's ``embeddings.position_ids``), each with and without the base-model prefix.
+
+    Older saves store such buffers and newer ones leave them out, so two checkpoints of one model can
+    differ by them; merging compares and averages parameters only. Empty when the architecture cannot
+    be built here (a model that needs ``trust_remote_code``, or no ``config.json``).
+
+    Example:
+        >>> "embeddings.position_ids" in rebuilt_buffers("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+        True
+    """
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder)
+        architectures = list(getattr(config, "architectures", None) or [])
+        model_class = getattr(transformers, architectures[0], None) if architectures else None
+        with torch.device("meta"):
+            if isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel):
+                model = model_class(config)
+            else:
+                model = transformers.AutoModel.from_config(config)
+    except Exception:  # noqa: BLE001 (no architecture to ask: compare every tensor, as before)
+        return frozenset()
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        for buffer in getattr(module, "_non_persistent_buffers_set", ()):
+            name = f"{module_name}.{buffer}" if module_name else buffer
+            names.add(name)
+            if prefix != "." and name.startswith(prefix):
+                names.add(name[len(prefix) :])
+            elif prefix != ".":
+                names.add(prefix + name)
+    return frozenset(names)
+
+
+def _without(state: Mapping[str, Any], keys: frozenset[str]) -> dict[str, Any]:
+    return {key: value for key, value in state.items() if key not in keys}
+
+
 def check_same_tensors(
     reference: Mapping[str, Any], other: Mapping[str, Any], reference_name: str, other_name: str
 ) -> None:
@@ -493,10 +535,12 @@ def merge_models(
     folders = [resolve_model_folder(name) for name in names]
     for folder in folders[1:]:
         check_same_architecture(folders[0], folder)
-    # check every model's tensors (names and shapes only) before the slow parts
-    reference_shapes = tensor_shapes(folders[0])
+    # check every model's tensors (names and shapes only) before the slow parts; buffers the model
+    # rebuilds on loading are neither compared nor averaged (the first model's, if saved, are kept)
+    rebuilt = rebuilt_buffers(folders[0])
+    reference_shapes = _without(tensor_shapes(folders[0]), rebuilt)
     for folder, name in zip(folders[1:], names[1:], strict=True):
-        check_same_tensors(reference_shapes, tensor_shapes(folder), names[0], name)
+        check_same_tensors(reference_shapes, _without(tensor_shapes(folder), rebuilt), names[0], name)
 
     losses: list[float] | None = None
     resolved_kind: str | None = None if kind == "auto" else kind
@@ -517,10 +561,12 @@ def merge_models(
 
     reference = read_state_dict(folders[0])
     merged: dict[str, torch.Tensor] = {}
-    accumulate_into(merged, reference, chosen[0], names[0], names[0], first=True)
+    accumulate_into(merged, _without(reference, rebuilt), chosen[0], names[0], names[0], first=True)
     for folder, name, weight in zip(folders[1:], names[1:], chosen[1:], strict=True):
-        accumulate_into(merged, read_state_dict(folder), weight, names[0], name, first=False)
+        other = _without(read_state_dict(folder), rebuilt)
+        accumulate_into(merged, other, weight, names[0], name, first=False)
     state = finish_merge(merged, reference)
+    state.update({key: value.contiguous() for key, value in reference.items() if key in rebuilt})
     info = {
         "models": names,
         "weights": chosen,
