@@ -351,14 +351,7 @@ class Embedder:
             >>> model.encode_queries(["what is bge?"])   # doctest: +SKIP
         """
         texts, single = as_text_list(queries, "queries")
-        texts = apply_instruction(
-            texts, self.settings.query_instruction, self.settings.query_instruction_format
-        )
-        max_length = int(
-            kwargs.pop("max_length", None) or self.settings.query_max_length or self.max_length_limit
-        )
-        if self.settings.kind == "icl":
-            texts, max_length = self._icl_queries(texts, max_length)
+        texts, max_length = self.prepare(texts, "query", kwargs.pop("max_length", None))
         return self._encode_validated(texts, single, max_length=max_length, **kwargs)
 
     def encode_corpus(self, corpus: Any, **kwargs: Any) -> Any:
@@ -368,11 +361,36 @@ class Embedder:
             >>> model.encode_corpus([{"title": "Panda", "text": "A bear."}, "plain text"])   # doctest: +SKIP
         """
         texts, single = as_corpus_list(corpus, "corpus")
-        texts = apply_instruction(
-            texts, self.settings.passage_instruction, self.settings.passage_instruction_format
-        )
-        kwargs.setdefault("max_length", self.settings.passage_max_length)
-        return self._encode_validated(texts, single, **kwargs)
+        texts, max_length = self.prepare(texts, "passage", kwargs.pop("max_length", None))
+        return self._encode_validated(texts, single, max_length=max_length, **kwargs)
+
+    def prepare(
+        self, texts: list[str], kind: Literal["query", "passage", "text"], max_length: int | None = None
+    ) -> tuple[list[str], int]:
+        """The texts as the model reads them and their token limit, as ``encode_queries`` (``"query"``),
+        ``encode_corpus`` (``"passage"``) or ``encode`` (``"text"``: no instruction) prepare them.
+
+        The server uses it with :meth:`tokenize` and :meth:`encode_features` to tokenize requests off the
+        model's thread and batch many requests' texts into one run of the engine.
+
+        Example:
+            >>> model.prepare(["what is bge?"], "query")   # doctest: +SKIP
+            (['Represent this sentence for searching relevant passages: what is bge?'], 512)
+        """
+        settings = self.settings
+        if kind == "query":
+            texts = apply_instruction(texts, settings.query_instruction, settings.query_instruction_format)
+            limit = int(max_length or settings.query_max_length or self.max_length_limit)
+            if settings.kind == "icl":
+                texts, limit = self._icl_queries(texts, limit)
+            return texts, limit
+        if kind == "passage":
+            texts = apply_instruction(
+                texts, settings.passage_instruction, settings.passage_instruction_format
+            )
+        elif kind != "text":
+            raise ConfigError(f"kind={kind!r} is not valid; choose 'query', 'passage' or 'text'")
+        return texts, int(max_length or settings.passage_max_length or self.max_length_limit)
 
     def encode(
         self,
@@ -506,13 +524,20 @@ class Embedder:
         """Columns of the CSR lexical-weight matrix: every id the tokenizer or the embeddings know."""
         return max(len(self.tokenizer), int(getattr(self.config, "vocab_size", 0) or 0))
 
-    def _tokenize(self, texts: list[str], max_length: int) -> list[dict[str, list[int]]]:
+    def tokenize(
+        self, texts: list[str], max_length: int, *, truncate: bool = True
+    ) -> list[dict[str, list[int]]]:
+        """Token ids of prepared texts (see :meth:`prepare`), one feature dict per text, unpadded.
+
+        With ``truncate=False`` nothing is cut: a caller checks ``len(f["input_ids"]) > max_length``
+        itself (the server answers 413 then, as TEI does).
+        """
         eos = self._eos_to_append
         if eos is None:
-            return tokenize_texts(self.tokenizer, texts, max_length)
+            return tokenize_texts(self.tokenizer, texts, max_length, truncation=truncate)
         if max_length < 2:
             raise ConfigError(f"max_length={max_length} leaves no room for the text and the appended EOS")
-        features = tokenize_texts(self.tokenizer, texts, max_length - 1)
+        features = tokenize_texts(self.tokenizer, texts, max_length - 1, truncation=truncate)
         for feature in features:
             feature["input_ids"] = [*feature["input_ids"], eos]
             if "token_type_ids" in feature:
@@ -535,12 +560,37 @@ class Embedder:
                 "lexical_weights": [] if heads[1] else None,
                 "colbert_vecs": [] if heads[2] else None,
             }
+        return self.encode_features(
+            self.tokenize(texts, max_length), heads, batch_size=batch_size, show_progress=show_progress
+        )
+
+    def encode_features(
+        self,
+        features: Sequence[dict[str, list[int]]],
+        heads: tuple[bool, bool, bool] | None = None,
+        *,
+        normalize: bool | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = False,
+    ) -> Any:
+        """Run the model on tokenized texts (see :meth:`tokenize`) on this process's device.
+
+        Args:
+            heads: ``None`` for dense vectors, or BGE-M3's (dense, sparse, ColBERT) flags.
+            normalize: L2-normalise dense vectors (default: the model's setting).
+
+        Returns:
+            A float32 (n, dim) array, or for ``heads`` a dict of ``dense_vecs``, ``lexical_weights``
+            (per text: sorted token ids and their weights) and ``colbert_vecs`` (``None`` where not asked).
+        """
+        if not features:
+            return self._encode_local([], 0, 1, False, heads)
         model = self._load_model()
-        features = self._tokenize(texts, max_length)
         pad_id = int(self.tokenizer.pad_token_id)
         side = self.tokenizer.padding_side
         settings = self.settings
         accepted = _forward_arguments(model)
+        unit = settings.normalize if normalize is None else normalize
 
         def step(indices: list[int]) -> Any:
             batch = pad_sequences([features[i] for i in indices], pad_id, padding_side=side)
@@ -550,15 +600,13 @@ class Embedder:
                 hidden = model(**batch, return_dict=True).last_hidden_state
                 if heads is None:
                     pooled = pool(hidden, mask, settings.pooling)
-                    return finish_dense(
-                        pooled, truncate_dim=settings.truncate_dim, normalize=settings.normalize
-                    ).cpu()
+                    return finish_dense(pooled, truncate_dim=settings.truncate_dim, normalize=unit).cpu()
                 assert self.m3_heads is not None
                 out: dict[str, Any] = {}
                 if heads[0]:
                     pooled = pool(hidden, mask, settings.pooling)
                     out["dense"] = finish_dense(
-                        pooled, truncate_dim=settings.truncate_dim, normalize=settings.normalize
+                        pooled, truncate_dim=settings.truncate_dim, normalize=unit
                     ).cpu()
                 if heads[1]:
                     out["sparse"] = lexical_weights(
@@ -575,7 +623,7 @@ class Embedder:
                 return out
 
         engine = BatchEngine(
-            batch_size=batch_size,
+            batch_size=int(batch_size or self.batch_size),
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=show_progress,
             desc="Encoding",

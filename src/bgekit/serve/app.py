@@ -1,17 +1,59 @@
-"""The HTTP API: ``POST /search``, ``POST /embed``, ``POST /rerank`` and ``GET /health``, on FastAPI.
+"""The HTTP API on FastAPI: OpenAI-, TEI- and Cohere-shaped routes over one model worker.
 
-Requests are validated by pydantic (a malformed body gets a 422 naming the field); bgekit's own errors
-(an unsupported mode, a reranker that is not loaded) become 400 with the message. Model calls are
-serialised by a lock: one request uses the model at a time, each with the batching engine's full batch.
+Routes (only those whose model is loaded are served):
+
+- ``POST /v1/embeddings`` (OpenAI), ``POST /embed``, ``/embed_sparse``, ``/embed_all`` (TEI) with an
+  embedder; sparse and multi-vector routes with a BGE-M3 embedder.
+- ``POST /rerank`` (TEI) and ``POST /v1/rerank`` (Cohere) with a reranker.
+- ``POST /search`` with an index (or a store).
+- ``GET /info``, ``GET /health`` (503 until the model has answered a warm-up forward pass), ``GET /metrics``
+  (Prometheus).
+
+Requests are validated by pydantic (422 naming the field), tokenized on a thread pool (one tokenizer call
+at a time: fast tokenizers are not re-entrant), and queued for the one model worker, which batches many
+requests' texts into one engine call (``bgekit.serve.worker``). Limits, the API key and the Host check are
+middleware (``bgekit.serve.middleware``) configured by :class:`~bgekit.serve.config.ServerConfig`. Client
+mistakes get a 4xx naming the problem; server faults a 500 with a generic message, logged in full.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at runtime, and
 # the request models are defined inside create_app (pydantic is imported only when serving).
+import asyncio
+import base64
+import contextlib
+import logging
+import os
 import threading
+import time
+import uuid
 from typing import Any, Literal
 
-from bgekit.errors import BgekitError, ConfigError
-from bgekit.inference.reranker import ranked_indices
+import numpy as np
+
+from bgekit.errors import BgekitError, ConfigError, DataFormatError, InputError
+from bgekit.inference.reranker import ranked_indices, sigmoid
+from bgekit.serve.config import ServerConfig
+from bgekit.serve.metrics import ServerMetrics
+from bgekit.serve.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    HostCheckMiddleware,
+    MetricsMiddleware,
+    error_body,
+)
+from bgekit.serve.worker import ModelWorker
+
+logger = logging.getLogger("bgekit.serve")
+
+OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect")
+"""Routes answered without the API key: probes and the schema."""
+
+CLIENT_ERRORS = (InputError, ConfigError, DataFormatError)
+"""bgekit errors that are the request's fault (400); any other error is the server's (500)."""
+
+PROMPT_KINDS = {None: "text", "query": "query", "passage": "passage", "document": "passage"}
+"""TEI's ``prompt_name`` / the OpenAI route's ``input_type`` -> the embedder's instruction."""
 
 
 def require_fastapi() -> Any:
@@ -22,106 +64,578 @@ def require_fastapi() -> Any:
     return fastapi
 
 
-def create_app(index: Any = None, *, embedder: Any = None, reranker: Any = None) -> Any:
-    """A FastAPI app over a :class:`~bgekit.index.SearchIndex` (and/or an embedder, and a reranker).
+class HTTPProblem(Exception):
+    """An answer other than 200 that a route gives on purpose."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def public_name(name_or_path: str | None) -> str | None:
+    """A model's name for clients: a hub name as it is, a local folder by its last part (never a path)."""
+    if name_or_path is None:
+        return None
+    if os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.path.isdir(name_or_path):
+        return os.path.basename(os.path.normpath(name_or_path))
+    return name_or_path
+
+
+def create_app(
+    index: Any = None,
+    *,
+    embedder: Any = None,
+    reranker: Any = None,
+    config: ServerConfig | None = None,
+) -> Any:
+    """A FastAPI app serving an embedder, a reranker and/or an index (or a store) through one model worker.
 
     Args:
-        index: the index ``/search`` searches; its embedder also serves ``/embed``.
-        embedder: serves ``/embed`` when there is no index.
-        reranker: reranks ``/search`` hits (unless a request says ``"rerank": false``) and serves
-            ``/rerank``.
+        index: searched by ``POST /search``; its embedder also serves the embedding routes. Anything with
+            ``search(queries, top_k, mode=, weights=, reranker=, rerank_top_k=)`` and ``embedder``.
+        embedder: serves the embedding routes when there is no index.
+        reranker: serves ``/rerank`` and ``/v1/rerank``, and reranks ``/search`` hits unless a request
+            says ``"rerank": false``.
+        config: limits and security (:class:`ServerConfig`; its defaults when ``None``).
 
     Example:
-        >>> app = create_app(SearchIndex.load("scifact-index"))   # doctest: +SKIP
+        >>> app = create_app(embedder=Embedder("BAAI/bge-small-en-v1.5"))   # doctest: +SKIP
         >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
     """
     fastapi = require_fastapi()
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     if index is None and embedder is None and reranker is None:
         raise ConfigError("create_app needs an index, an embedder or a reranker to serve")
+    config = config or ServerConfig()
     embedder = embedder if embedder is not None else getattr(index, "embedder", None)
-    lock = threading.Lock()
+    m3 = embedder is not None and getattr(embedder, "m3_heads", None) is not None
+    model_name = config.served_model_name or public_name(getattr(embedder, "name_or_path", None))
+    reranker_name = public_name(getattr(reranker, "name_or_path", None)) or (
+        type(reranker).__name__ if reranker is not None else None
+    )
+    input_limit = None  # None: each kind's own limit (query_max_length / passage_max_length)
+    if embedder is not None and config.max_input_length is not None:
+        input_limit = min(config.max_input_length, embedder.max_length_limit)
+    metrics = ServerMetrics()
+    tokenizer_lock = threading.Lock()
+    max_texts, max_top = config.max_client_batch_size, config.max_top_k
 
-    class SearchRequest(BaseModel):
-        query: str | list[str]
-        top_k: int = Field(10, ge=1, le=10_000)
-        mode: Literal["dense", "sparse", "hybrid"] | None = None
-        weights: dict[str, float] | None = None
-        rerank: bool | None = None
-        rerank_top_k: int = Field(100, ge=1, le=10_000)
+    # ----------------------------------------------------------------------- what the worker runs
+    def run_embed(key: Any, features: list[Any]) -> list[Any]:
+        heads = key[1]
+        out = embedder.encode_features(features, heads, normalize=False)
+        if heads is None:
+            return list(out)
+        if heads[1]:
+            return list(out["lexical_weights"])
+        return list(out["colbert_vecs"])
 
-    class EmbedRequest(BaseModel):
-        texts: str | list[str]
-        kind: Literal["query", "passage"] = "passage"
+    def run_rerank(key: Any, pairs: list[tuple[str, str]]) -> list[float]:
+        kwargs = {"normalize": False} if _takes_normalize(reranker) else {}
+        scores = reranker.compute_score(pairs, **kwargs)
+        if scores and isinstance(scores[0], list):  # several cutoff layers: the last one scores
+            scores = scores[-1]
+        return [float(s) for s in scores]
 
-    class RerankRequest(BaseModel):
-        query: str
-        passages: list[str]
-        top_k: int | None = Field(None, ge=1)
+    def run_search(key: Any, queries: list[str]) -> list[Any]:
+        _, top_k, mode, weights, rerank, rerank_top_k = key
+        return list(
+            index.search(
+                queries,
+                top_k,
+                mode=mode,
+                weights=dict(weights) if weights else None,
+                reranker=reranker if rerank else None,
+                rerank_top_k=rerank_top_k,
+            )
+        )
 
-    app = fastapi.FastAPI(title="bgekit", description="Search, embed and rerank with bgekit.")
+    def warmup() -> None:
+        if embedder is not None:
+            embedder.encode_features(embedder.tokenize(["ready"], 8), None, normalize=False)
+        if reranker is not None:
+            run_rerank(("rerank",), [("ready", "ready")])
+
+    worker = ModelWorker(
+        {"embed": run_embed, "rerank": run_rerank, "search": run_search},
+        max_batch_tokens=config.max_batch_tokens,
+        warmup=warmup,
+        stats=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        worker.start()
+        yield
+        # uvicorn has let requests in flight finish (graceful_timeout); stop after what is queued
+        await run_in_threadpool(worker.stop, config.graceful_timeout)
+
+    app = fastapi.FastAPI(
+        title="bgekit",
+        description="Embeddings (OpenAI- and TEI-compatible), BGE-M3 sparse and multi-vector outputs, "
+        "reranking (TEI- and Cohere-compatible) and search.",
+        lifespan=lifespan,
+    )
+    app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
+
+    # ---------------------------------------------------------------------------------- errors
+    def problem(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        return JSONResponse(error_body(status, message), status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPProblem)
+    def _problem(request: Any, exc: HTTPProblem) -> Any:
+        return problem(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(BgekitError)
     def _bgekit_error(request: Any, exc: BgekitError) -> Any:
-        return fastapi.responses.JSONResponse(status_code=400, content={"detail": str(exc)})
+        if isinstance(exc, CLIENT_ERRORS):
+            return problem(400, str(exc))
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return problem(500, "internal server error (logged on the server)")
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Any, exc: Any) -> Any:
+        parts = []
+        for error in exc.errors()[:5]:
+            where = ".".join(str(p) for p in error.get("loc", ()))
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        body = error_body(422, "; ".join(parts) or "invalid request")
+        body["detail"] = jsonable_encoder(exc.errors())  # FastAPI's documented 422 shape
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Any, exc: Any) -> Any:
+        return problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    def _fault(request: Any, exc: Exception) -> Any:
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return problem(500, "internal server error (logged on the server)")
+
+    # ------------------------------------------------------------------------------- helpers
+    def check_count(count: int, field: str) -> None:
+        if count > max_texts:
+            raise HTTPProblem(
+                413,
+                f"{field} has {count} items; this server takes at most {max_texts} per request "
+                "(--max-client-batch-size)",
+            )
+
+    def check_texts(texts: list[str], field: str) -> None:
+        check_count(len(texts), field)
+        for i, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise HTTPProblem(
+                    400, f"{field}[{i}] holds a lone surrogate at position {exc.start}: not valid Unicode"
+                ) from None
+
+    def features_of(texts: list[str], kind: str, truncate: bool | None, field: str) -> list[Any]:
+        started = time.perf_counter()
+        prepared, limit = embedder.prepare(texts, kind, input_limit)
+        cut = config.auto_truncate if truncate is None else truncate
+        with tokenizer_lock:
+            features = embedder.tokenize(prepared, limit, truncate=cut)
+        if not cut:
+            for i, feature in enumerate(features):
+                if len(feature["input_ids"]) > limit:
+                    raise HTTPProblem(
+                        413,
+                        f"{field}[{i}] has {len(feature['input_ids'])} tokens, more than the limit of "
+                        f"{limit}; shorten it or send truncate=true",
+                    )
+        metrics.tokenize_seconds.observe(time.perf_counter() - started)
+        return features
+
+    async def tokenize(texts: list[str], kind: str, truncate: bool | None, field: str) -> list[Any]:
+        check_texts(texts, field)
+        return await run_in_threadpool(features_of, texts, kind, truncate, field)
+
+    async def submit(request: Any, key: Any, items: list[Any], tokens: int) -> list[Any]:
+        """Queue ``items`` for the worker; wait for them, the request timeout or the client leaving."""
+        if worker.failed is not None:
+            raise HTTPProblem(503, "the model failed to start; see the server's log")
+        try:
+            future = asyncio.wrap_future(worker.submit(key, items, tokens))
+        except RuntimeError:
+            raise HTTPProblem(503, "the server is shutting down", {"Retry-After": "1"}) from None
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            done, _ = await asyncio.wait(
+                {future, gone}, timeout=config.request_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            gone.cancel()
+        if future in done:
+            return future.result()
+        future.cancel()  # a job the worker has not started is dropped; a running one finishes unread
+        if gone in done:
+            raise HTTPProblem(499, "the client closed the connection")
+        raise HTTPProblem(
+            503,
+            f"the request waited more than {config.request_timeout:g} s for the model; retry later",
+            {"Retry-After": "1"},
+        )
+
+    def dense_rows(vectors: list[np.ndarray], dimensions: int | None, normalize: bool) -> np.ndarray:
+        matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, embedder.dim), np.float32)
+        if dimensions is not None:
+            if dimensions > matrix.shape[1]:
+                raise HTTPProblem(
+                    400, f"dimensions={dimensions} is larger than the model's {matrix.shape[1]} dimensions"
+                )
+            matrix = matrix[:, :dimensions]
+        if normalize:
+            matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return matrix
+
+    def texts_of(value: str | list[str]) -> list[str]:
+        return [value] if isinstance(value, str) else list(value)
+
+    # ------------------------------------------------------------------------------- schemas
+    Texts = str | list[str]
+
+    class EmbeddingRequest(BaseModel):
+        """OpenAI's embeddings request (``input_type`` is bgekit's: which instruction applies)."""
+
+        input: Texts = Field(..., description="a text or a list of texts")
+        model: str | None = None
+        encoding_format: Literal["float", "base64"] = "float"
+        dimensions: int | None = Field(None, ge=1, description="keep the first dimensions (Matryoshka)")
+        user: str | None = None
+        input_type: Literal["query", "passage", "document"] | None = None
+
+    class EmbeddingData(BaseModel):
+        object: Literal["embedding"] = "embedding"
+        index: int
+        embedding: list[float] | str
+
+    class Usage(BaseModel):
+        prompt_tokens: int
+        total_tokens: int
+
+    class EmbeddingResponse(BaseModel):
+        object: Literal["list"] = "list"
+        data: list[EmbeddingData]
+        model: str | None
+        usage: Usage
+
+    class EmbedRequest(BaseModel):
+        """TEI's embed request."""
+
+        inputs: Texts
+        normalize: bool = True
+        truncate: bool | None = None
+        prompt_name: Literal["query", "passage", "document"] | None = None
+        dimensions: int | None = Field(None, ge=1)
+
+    class SparseRequest(BaseModel):
+        inputs: Texts
+        truncate: bool | None = None
+        prompt_name: Literal["query", "passage", "document"] | None = None
+
+    class SparseValue(BaseModel):
+        index: int
+        value: float
+
+    class RerankRequest(BaseModel):
+        """TEI's rerank request (``top_n`` keeps the best only)."""
+
+        query: str
+        texts: list[str]
+        top_n: int | None = Field(None, ge=1, le=max_top)
+        raw_scores: bool = False
+        return_text: bool = False
+        truncate: bool | None = None
+
+    class RankedText(BaseModel):
+        index: int
+        score: float
+        text: str | None = None
+
+    class CohereDocument(BaseModel):
+        text: str
+
+    class CohereRerankRequest(BaseModel):
+        """Cohere's rerank request."""
+
+        query: str
+        documents: list[str | CohereDocument]
+        model: str | None = None
+        top_n: int | None = Field(None, ge=1, le=max_top)
+        return_documents: bool = False
+
+    class CohereResult(BaseModel):
+        index: int
+        relevance_score: float
+        document: CohereDocument | None = None
+
+    class CohereRerankResponse(BaseModel):
+        id: str
+        results: list[CohereResult]
+        meta: dict[str, Any]
+
+    class SearchRequest(BaseModel):
+        query: Texts
+        top_k: int = Field(10, ge=1, le=max_top)
+        mode: Literal["dense", "sparse", "hybrid"] | None = None
+        weights: dict[Literal["dense", "sparse"], float] | None = None
+        rerank: bool | None = None
+        rerank_top_k: int = Field(100, ge=1, le=max_top)
+
+    class SearchHit(BaseModel):
+        id: str
+        score: float
+        title: str
+        text: str
+        retrieval_score: float | None = None
+
+    class SearchResult(BaseModel):
+        query: str
+        hits: list[SearchHit]
+
+    class SearchResponse(BaseModel):
+        results: list[SearchResult]
+
+    routes: list[str] = []
+
+    # ------------------------------------------------------------------------------- routes
+    if embedder is not None:
+        routes += ["/v1/embeddings", "/embed"]
+
+        @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+        async def openai_embeddings(body: EmbeddingRequest, request: fastapi.Request) -> Any:
+            """Embeddings as OpenAI's API returns them (the ``openai`` client works unchanged)."""
+            texts = texts_of(body.input)
+            if not texts:
+                raise HTTPProblem(400, "input is an empty list; send at least one text")
+            features = await tokenize(texts, PROMPT_KINDS[body.input_type], None, "input")
+            tokens = sum(len(f["input_ids"]) for f in features)
+            rows = dense_rows(
+                await submit(request, ("embed", None), features, tokens),
+                body.dimensions,
+                bool(embedder.settings.normalize),
+            )
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode()
+                    if body.encoding_format == "base64"
+                    else row.tolist(),
+                }
+                for i, row in enumerate(rows)
+            ]
+            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+            return JSONResponse(
+                {"object": "list", "data": data, "model": body.model or model_name, "usage": usage}
+            )
+
+        @app.post("/embed", response_model=list[list[float]])
+        async def tei_embed(body: EmbedRequest, request: fastapi.Request) -> Any:
+            """Dense embeddings as TEI returns them: one list of floats per input."""
+            texts = texts_of(body.inputs)
+            features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
+            tokens = sum(len(f["input_ids"]) for f in features)
+            vectors = await submit(request, ("embed", None), features, tokens) if features else []
+            return JSONResponse(dense_rows(vectors, body.dimensions, body.normalize).tolist())
+
+    if m3:
+        routes += ["/embed_sparse", "/embed_all"]
+
+        @app.post("/embed_sparse", response_model=list[list[SparseValue]])
+        async def tei_embed_sparse(body: SparseRequest, request: fastapi.Request) -> Any:
+            """BGE-M3 lexical weights: ``[{"index": token_id, "value": weight}]`` per input, ready for a
+            vector database's sparse field."""
+            texts = texts_of(body.inputs)
+            features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
+            tokens = sum(len(f["input_ids"]) for f in features)
+            key = ("embed", (False, True, False))
+            weights = await submit(request, key, features, tokens) if features else []
+            return JSONResponse(
+                [
+                    [
+                        {"index": int(i), "value": float(v)}
+                        for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+                    ]
+                    for ids, values in weights
+                ]
+            )
+
+        @app.post("/embed_all", response_model=list[list[list[float]]])
+        async def tei_embed_all(body: SparseRequest, request: fastapi.Request) -> Any:
+            """BGE-M3 multi-vector (ColBERT) embeddings: one vector per token after the first, per input."""
+            texts = texts_of(body.inputs)
+            features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
+            tokens = sum(len(f["input_ids"]) for f in features)
+            key = ("embed", (False, False, True))
+            vectors = await submit(request, key, features, tokens) if features else []
+            return JSONResponse([v.tolist() for v in vectors])
+
+    if reranker is not None:
+        routes += ["/rerank", "/v1/rerank"]
+
+        async def scores_of(request: Any, query: str, texts: list[str], field: str) -> np.ndarray:
+            check_texts([query], "query")
+            check_texts(texts, field)
+            if not texts:
+                return np.zeros(0)
+            tokens = sum(len(query) + len(t) for t in texts) // 4 + len(texts)  # no tokenizer here
+            raw = await submit(request, ("rerank",), [(query, t) for t in texts], tokens)
+            return np.asarray(raw, dtype=np.float64)
+
+        def normalized(scores: np.ndarray) -> np.ndarray:
+            # a cross-encoder's logits go through a sigmoid; a scorer without logits (M3) is left as it is
+            return sigmoid(scores) if _takes_normalize(reranker) else scores
+
+        @app.post("/rerank", response_model=list[RankedText])
+        async def tei_rerank(body: RerankRequest, request: fastapi.Request) -> Any:
+            """TEI's rerank: ``[{"index", "score"(, "text")}]`` best first (sigmoid unless raw_scores)."""
+            raw = await scores_of(request, body.query, body.texts, "texts")
+            scores = raw if body.raw_scores else normalized(raw)
+            order = ranked_indices(scores.tolist(), body.top_n)
+            return JSONResponse(
+                [
+                    {
+                        "index": i,
+                        "score": float(scores[i]),
+                        **({"text": body.texts[i]} if body.return_text else {}),
+                    }
+                    for i in order
+                ]
+            )
+
+        @app.post("/v1/rerank", response_model=CohereRerankResponse)
+        async def cohere_rerank(body: CohereRerankRequest, request: fastapi.Request) -> Any:
+            """Cohere's rerank: ``results`` of ``index`` and ``relevance_score`` (0..1), best first."""
+            texts = [d if isinstance(d, str) else d.text for d in body.documents]
+            scores = normalized(await scores_of(request, body.query, texts, "documents"))
+            order = ranked_indices(scores.tolist(), body.top_n)
+            results = [
+                {
+                    "index": i,
+                    "relevance_score": float(scores[i]),
+                    **({"document": {"text": texts[i]}} if body.return_documents else {}),
+                }
+                for i in order
+            ]
+            meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
+            return JSONResponse({"id": uuid.uuid4().hex, "results": results, "meta": meta})
+
+    if index is not None:
+        routes += ["/search"]
+
+        @app.post("/search", response_model=SearchResponse)
+        async def search(body: SearchRequest, request: fastapi.Request) -> Any:
+            """The ``top_k`` best documents of each query, reranked when the server has a reranker."""
+            use_reranker = reranker is not None if body.rerank is None else body.rerank
+            if use_reranker and reranker is None:
+                raise HTTPProblem(
+                    400, "rerank=true but this server has no reranker: start it with --reranker"
+                )
+            queries = texts_of(body.query)
+            check_texts(queries, "query")
+            if not queries:
+                return {"results": []}
+            weights = tuple(sorted(body.weights.items())) if body.weights else None
+            key = ("search", body.top_k, body.mode, weights, use_reranker, body.rerank_top_k)
+            tokens = sum(len(q) for q in queries) // 4 + len(queries)
+            results = await submit(request, key, queries, tokens)
+            return JSONResponse(
+                {
+                    "results": [
+                        {"query": q, "hits": [hit.to_dict() for hit in hits]}
+                        for q, hits in zip(queries, results, strict=True)
+                    ]
+                }
+            )
+
+    routes += ["/info", "/health", "/metrics"]
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        """What this server runs: models, dimensions, limits."""
+        body: dict[str, Any] = {"routes": routes, "version": _version()}
+        if embedder is not None:
+            heads = ["dense"] + (["sparse", "colbert"] if m3 else [])
+            body["model"] = {
+                "id": model_name,
+                "kind": embedder.settings.kind,
+                "dimension": embedder.dim,
+                "max_input_length": input_limit or embedder.settings.passage_max_length,
+                "dtype": embedder.dtype,
+                "backend": embedder.backend,
+                "heads": heads,
+                "normalize": bool(embedder.settings.normalize),
+            }
+        if reranker is not None:
+            body["reranker"] = {"id": reranker_name, "kind": getattr(reranker, "kind", "m3")}
+        if index is not None:
+            body["index"] = {"documents": len(index), "modes": list(index.modes)}
+        body["limits"] = {
+            "max_client_batch_size": max_texts,
+            "max_input_length": input_limit,
+            "auto_truncate": config.auto_truncate,
+            "payload_limit": config.payload_limit,
+            "max_concurrent_requests": config.max_concurrent_requests,
+            "max_top_k": max_top,
+            "request_timeout": config.request_timeout,
+        }
+        return body
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "documents": len(index) if index is not None else 0,
-            "modes": index.modes if index is not None else [],
-            "model": getattr(embedder, "name_or_path", None),
-            "reranker": getattr(reranker, "name_or_path", None),
-        }
+    def health() -> Any:
+        """200 once the model has answered a warm-up forward pass; 503 before, or if it failed."""
+        worker.start()
+        if worker.failed is not None or (worker.ready.is_set() and not worker.alive):
+            return problem(503, "the model worker failed; see the server's log")
+        if not worker.ready.is_set():
+            return problem(503, "loading: the model has not answered its warm-up pass yet")
+        return {"status": "ok", "queue_depth": worker.depth}
 
-    @app.post("/search")
-    def search(request: SearchRequest) -> dict[str, Any]:
-        if index is None:
-            raise ConfigError("this server has no index: start it with --index")
-        use_reranker = reranker is not None if request.rerank is None else request.rerank
-        if use_reranker and reranker is None:
-            raise ConfigError("rerank=true but this server has no reranker: start it with --reranker")
-        queries = [request.query] if isinstance(request.query, str) else request.query
-        with lock:
-            results = index.search(
-                queries,
-                request.top_k,
-                mode=request.mode,
-                weights=request.weights,
-                reranker=reranker if use_reranker else None,
-                rerank_top_k=request.rerank_top_k,
-            )
-        return {
-            "results": [
-                {"query": query, "hits": [hit.to_dict() for hit in hits]}
-                for query, hits in zip(queries, results, strict=True)
-            ]
-        }
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus_metrics() -> Any:
+        """Prometheus exposition text."""
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
 
-    @app.post("/embed")
-    def embed(request: EmbedRequest) -> dict[str, Any]:
-        if embedder is None:
-            raise ConfigError("this server has no embedder: start it with --index or --model")
-        from bgekit.inference.m3 import dense_array
-
-        texts = [request.texts] if isinstance(request.texts, str) else request.texts
-        encode = embedder.encode_queries if request.kind == "query" else embedder.encode_corpus
-        with lock:
-            vectors: Any = dense_array(encode(texts), len(texts)) if texts else []
-        return {"embeddings": [list(map(float, row)) for row in vectors]}
-
-    @app.post("/rerank")
-    def rerank(request: RerankRequest) -> dict[str, Any]:
-        if reranker is None:
-            raise ConfigError("this server has no reranker: start it with --reranker")
-        if not request.passages:
-            return {"ranking": []}
-        with lock:
-            scores = list(reranker.compute_score([(request.query, p) for p in request.passages]))
-        # Reranker.rank's order for any compute_score reranker (M3Rescorer has no rank of its own)
-        order = ranked_indices(scores, request.top_k)
-        return {"ranking": [{"index": i, "score": float(scores[i])} for i in order]}
-
+    app.state.routes = routes
+    # outermost first: metrics see every answer; the Host check and the key come before any body is read
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=config.max_concurrent_requests)
+    app.add_middleware(BodyLimitMiddleware, limit=config.payload_limit)
+    if config.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key, open_paths=OPEN_PATHS)
+    if config.allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=config.allowed_hosts)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
     return app
+
+
+async def _client_gone(request: Any) -> None:
+    """Returns when the client disconnects (the body has been read, so the next message is the end)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _takes_normalize(reranker: Any) -> bool:
+    from bgekit.inference.reranker import Reranker
+
+    return isinstance(reranker, Reranker)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bgekit")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without an install
+        return "unknown"
