@@ -55,10 +55,45 @@ def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_dir(folder)  # the rename itself survives a power cut only once the folder is synced
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def fsync_dir(folder: str) -> None:
+    """Flush a folder's entries (new names, renames) to disk; a no-op where folders cannot be opened.
+
+    Example:
+        >>> fsync_dir(".")
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str) -> None:
+    """Flush every file and folder under ``folder`` to disk, before it is renamed into place.
+
+    Example:
+        >>> fsync_tree(".")   # doctest: +SKIP
+    """
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(root)
 
 
 def write_jsonl_atomic(path: str, rows: Any) -> None:

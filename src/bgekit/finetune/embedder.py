@@ -261,42 +261,43 @@ def train(
 ) -> EmbedderTrainer:
     """Fine-tune and save to ``training_args.output_dir`` (loadable with ``bgekit.Embedder``).
 
-    Resumes from ``training_args.resume_from_checkpoint`` when given (a folder, or ``"true"`` for the
-    last checkpoint in ``output_dir``).
+    Resumes from ``training_args.resume_from_checkpoint`` when given (a folder, or ``"last"``/``"true"``
+    for the last complete checkpoint in ``output_dir``); a non-empty ``output_dir`` is refused otherwise,
+    unless ``overwrite_output_dir``. The final model is written beside the checkpoints through a staging
+    folder renamed into place (see ``bgekit.finetune.output``).
 
     Example:
         >>> train(ModelArguments("BAAI/bge-small-en-v1.5"), DataArguments(["t.jsonl"]),
         ...       EmbedderTrainingArguments("out", num_train_epochs=1))   # doctest: +SKIP
     """
-    trainer = build_trainer(model_args, data_args, training_args)
-    resume: Any = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        from transformers.trainer_utils import get_last_checkpoint
+    from bgekit.finetune.output import prepare_output_dir, save_staged
 
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            logger.warning("no checkpoint in %s; starting from scratch", training_args.output_dir)
-    elif isinstance(resume, str) and not os.path.isdir(resume):
-        raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    resume = prepare_output_dir(training_args)
+    trainer = build_trainer(model_args, data_args, training_args)
     trainer.train(resume_from_checkpoint=resume)
-    if model_args.use_lora:
-        save_lora(trainer, model_args)
-    else:
-        trainer.save_model()
-    if trainer.is_world_process_zero():
-        trainer.state.save_to_json(os.path.join(str(training_args.output_dir), "trainer_state.json"))
+
+    def write_final(folder: str) -> None:
+        if model_args.use_lora:
+            save_lora(trainer, model_args, folder)
+        else:
+            trainer.save_model(folder)
+        if trainer.is_world_process_zero():
+            trainer.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+
+    save_staged(trainer, write_final)
     return trainer
 
 
-def save_lora(trainer: EmbedderTrainer, model_args: ModelArguments) -> None:
+def save_lora(trainer: EmbedderTrainer, model_args: ModelArguments, out: str | None = None) -> None:
     """Save the adapter under ``output_dir/lora_adapter`` and, merged, the full model in ``output_dir``.
 
     The merged folder loads as a plain model with ``bgekit.Embedder(output_dir)``; the adapter alone
-    loads with ``bgekit.Embedder(base_model, adapter=output_dir + "/lora_adapter")``.
+    loads with ``bgekit.Embedder(base_model, adapter=output_dir + "/lora_adapter")``. ``out`` replaces
+    ``output_dir`` (the final save writes into a staging folder).
     """
     from bgekit.models.settings import write_saved_settings
 
-    out = str(trainer.args.output_dir)
+    out = str(trainer.args.output_dir) if out is None else out
     trainer.save_model(os.path.join(out, "lora_adapter"))
     if model_args.save_merged_lora_model and trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model)

@@ -558,10 +558,13 @@ def pair_settings(
     )
 
 
-def save_final(trainer: RerankerTrainer, model_args: RerankerModelArguments) -> None:
+def save_final(
+    trainer: RerankerTrainer, model_args: RerankerModelArguments, output_dir: str | None = None
+) -> None:
     """Save the trained model to ``output_dir``; with LoRA and ``--save_merged_lora_model`` also the merged
-    model to ``output_dir/merged_model`` (loadable with ``Reranker`` without peft)."""
-    output_dir = str(trainer.args.output_dir)
+    model to ``output_dir/merged_model`` (loadable with ``Reranker`` without peft). ``output_dir``
+    defaults to the run's (the final save writes into a staging folder)."""
+    output_dir = str(trainer.args.output_dir) if output_dir is None else output_dir
     trainer.save_model(output_dir)
     if not (model_args.use_lora and model_args.save_merged_lora_model):
         return
@@ -585,27 +588,26 @@ def train(
 ) -> RerankerTrainer:
     """Fine-tune and save to ``training_args.output_dir`` (loadable with ``bgekit.Reranker``).
 
-    Resumes from ``training_args.resume_from_checkpoint`` when given (a folder, or ``"true"`` for the last
-    checkpoint in ``output_dir``).
+    Resumes from ``training_args.resume_from_checkpoint`` when given (a folder, or ``"last"``/``"true"`` for
+    the last complete checkpoint in ``output_dir``); a non-empty ``output_dir`` is refused otherwise, unless
+    ``overwrite_output_dir``. The final model is staged and renamed into place (``bgekit.finetune.output``).
 
     Example:
         >>> train(RerankerModelArguments("model/"), RerankerDataArguments(["t.jsonl"]),
         ...       RerankerTrainingArguments("out", num_train_epochs=1))   # doctest: +SKIP
     """
-    trainer = build_trainer(model_args, data_args, training_args)
-    resume: Any = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        from transformers.trainer_utils import get_last_checkpoint
+    from bgekit.finetune.output import prepare_output_dir, save_staged
 
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            logger.warning("no checkpoint in %s; starting from scratch", training_args.output_dir)
-    elif isinstance(resume, str) and not os.path.isdir(resume):
-        raise ConfigError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    resume = prepare_output_dir(training_args)
+    trainer = build_trainer(model_args, data_args, training_args)
     trainer.train(resume_from_checkpoint=resume)
-    save_final(trainer, model_args)
-    if trainer.is_world_process_zero():
-        trainer.state.save_to_json(os.path.join(str(training_args.output_dir), "trainer_state.json"))
+
+    def write_final(folder: str) -> None:
+        save_final(trainer, model_args, folder)
+        if trainer.is_world_process_zero():
+            trainer.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+
+    save_staged(trainer, write_final)
     return trainer
 
 
