@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from bgekit.engine import DevicePool
 from bgekit.engine.pool import split_evenly
-from bgekit.errors import WorkerError
+from bgekit.errors import ModelLoadError, WorkerError
 
 
 class Doubler:
@@ -33,6 +34,16 @@ class _Worker:
 
     def die(self) -> None:
         os._exit(3)
+
+    def hang(self) -> None:
+        time.sleep(3600)
+
+
+class BrokenModel:
+    """A factory whose model cannot load."""
+
+    def __call__(self, device: str) -> _Worker:
+        raise ModelLoadError(f"/models/x has no model.safetensors (loading on {device})")
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +74,25 @@ def test_split_evenly_covers_everything() -> None:
     assert split_evenly(10, 3) == [(0, 4), (4, 7), (7, 10)]
     assert split_evenly(2, 8) == [(0, 1), (1, 2)]
     assert split_evenly(0, 4) == [(0, 0)]
+
+
+def test_a_worker_that_fails_while_loading_reports_the_cause() -> None:
+    pool = DevicePool(BrokenModel(), ["cpu", "cpu"])
+    with pytest.raises(
+        ModelLoadError, match=r"/models/x has no model\.safetensors \(loading on cpu\)"
+    ) as info:
+        pool.map("double", [([1],), ([2],)])
+    assert any("while the bgekit worker on device cpu" in note for note in info.value.__notes__)
+    assert pool.closed
+
+
+def test_a_hung_worker_becomes_an_error_with_a_timeout() -> None:
+    pool = DevicePool(Doubler(), ["cpu"], timeout=10)
+    assert pool.map("double", [([1],)]) == [[2]]
+    processes = list(pool._executor._processes.values())  # type: ignore[attr-defined]
+    pool.timeout = 0.5
+    with pytest.raises(WorkerError, match=r"no answer within timeout=0\.5 s"):
+        pool.map("hang", [()])
+    assert pool.closed and not any(p.is_alive() for p in processes)
+    with pytest.raises(ValueError, match="timeout=0"):
+        DevicePool(Doubler(), ["cpu"], timeout=0)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bgekit import Embedder, Reranker
-from bgekit.errors import ConfigError
+from bgekit.errors import ConfigError, ModelLoadError
 from bgekit.inference.runtime import resolve_runtime
 
 
@@ -63,3 +67,75 @@ def test_workers_resolve_the_requested_dtype_for_their_own_device(
     reranker = Reranker(bert_reranker_dir, devices=["cpu", "cpu"])
     assert embedder._worker_kwargs()["dtype"] == "auto"
     assert reranker._worker_kwargs()["dtype"] is None  # each worker falls back to the checkpoint's default
+
+
+def test_a_worker_that_cannot_load_the_model_reports_why(tmp_path: Path, tiny_bert_dir: str) -> None:
+    broken = Path(shutil.copytree(tiny_bert_dir, tmp_path / "broken"))
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])  # a copy cut short
+    with (
+        Embedder(str(broken), devices=["cpu", "cpu"], worker_timeout=300) as model,
+        pytest.raises(ModelLoadError, match=r"could not load model weights from .*broken.*deserializing"),
+    ):
+        model.encode_corpus(["first text", "second text"])
+
+
+def test_worker_timeout_is_checked_and_reaches_the_pool(tiny_bert_dir: str, bert_reranker_dir: str) -> None:
+    with pytest.raises(ConfigError, match="worker_timeout=0 is not valid"):
+        Embedder(tiny_bert_dir, devices=["cpu", "cpu"], worker_timeout=0)
+    embedder = Embedder(tiny_bert_dir, devices=["cpu", "cpu"], worker_timeout=30)
+    reranker = Reranker(bert_reranker_dir, devices=["cpu", "cpu"], worker_timeout=30)
+    try:
+        assert embedder._get_pool().timeout == reranker._get_pool().timeout == 30
+    finally:
+        embedder.close()
+        reranker.close()
+
+
+def test_the_onnx_graph_is_exported_once_before_the_workers_start(
+    tmp_path: Path, tiny_bert_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from bgekit.inference import onnx_backend
+
+    folder = str(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    exports: list[tuple[str, int, int]] = []
+    real_export = onnx_backend.export_onnx
+
+    def counted_export(*args: object) -> str:
+        path = real_export(*args)  # type: ignore[arg-type]
+        exports.append((path, os.stat(path).st_ino, os.stat(path).st_mtime_ns))
+        return path
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", counted_export)
+    texts = ["a first text", "a second, longer text", "third"]
+    with Embedder(folder, devices=["cpu", "cpu"], backend="onnx") as model:
+        pooled = model.encode_corpus(texts)
+    assert len(exports) == 1  # in this process, before spawning
+    path, inode, mtime = exports[0]
+    assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == (inode, mtime)  # no worker wrote it again
+    assert len(list((Path(folder) / "onnx").glob("*.onnx"))) == 1
+    single = Embedder(folder, device="cpu", backend="onnx").encode_corpus(texts)
+    np.testing.assert_allclose(pooled, single, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_a_config_error(tiny_bert_dir: str, bert_reranker_dir: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"devices\[0\]='cuda:0' asks for CUDA, but this machine has no CUDA"
+    ):
+        Embedder(tiny_bert_dir, devices=["cuda:0"])
+    with pytest.raises(ConfigError, match=r"device='cuda' asks for CUDA"):
+        Reranker(bert_reranker_dir, device="cuda")
+
+
+def test_batch_size_zero_is_a_config_error(tiny_bert_dir: str, bert_reranker_dir: str) -> None:
+    with pytest.raises(ConfigError, match="batch_size=0 is not valid"):
+        Embedder(tiny_bert_dir, device="cpu", batch_size=0)
+    with pytest.raises(ConfigError, match="batch_size=0 is not valid"):
+        Reranker(bert_reranker_dir, device="cpu", batch_size=0)
+    embedder = Embedder(tiny_bert_dir, device="cpu")
+    with pytest.raises(ConfigError, match="batch_size=0 is not valid"):
+        embedder.encode_corpus(["a text"], batch_size=0)
+    with pytest.raises(ConfigError, match=r"batch_size=-2 is not valid"):
+        Reranker(bert_reranker_dir, device="cpu").compute_score([("q", "p")], batch_size=-2)

@@ -24,7 +24,7 @@ from bgekit.inference.heads import (
     pool,
 )
 from bgekit.inference.inputs import apply_instruction, as_corpus_list, as_text_list
-from bgekit.inference.runtime import resolve_runtime
+from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models.loading import (
     load_pretrained,
     load_tokenizer,
@@ -56,6 +56,7 @@ _RUNTIME_ARGS = (
     "adapter",
     "backend",
     "quantization",
+    "worker_timeout",
 )
 
 LLM_KINDS = ("decoder", "icl")
@@ -158,6 +159,7 @@ class Embedder:
         self.backend, self.quantization = runtime.backend, runtime.quantization
         self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
         self._requested_dtype = runtime.requested_dtype
+        self.worker_timeout = runtime.worker_timeout
 
         self.tokenizer = load_tokenizer(
             self.folder, trust_remote_code=self.trust_remote_code, padding_side=self.settings.padding_side
@@ -225,18 +227,23 @@ class Embedder:
             self._load_model()
 
     # ----------------------------------------------------------------------------------------- loading
+    def _onnx_graph(self) -> str:
+        """The exported (cached) ONNX graph of this model; exported here on first use."""
+        from bgekit.inference.onnx_backend import export_onnx
+
+        if self.settings.kind in LLM_KINDS or self.adapter is not None:
+            raise ConfigError(
+                "backend='onnx' supports encoder models (BERT, XLM-RoBERTa, M3) without adapters"
+            )
+        return export_onnx(
+            self.folder, "feature-extraction", self.quantization, file_fingerprint(self.folder)[:16]
+        )
+
     def _load_model(self) -> Any:
         if self._model is None and self.backend == "onnx":
-            from bgekit.inference.onnx_backend import OnnxRunner, export_onnx
+            from bgekit.inference.onnx_backend import OnnxRunner
 
-            if self.settings.kind in LLM_KINDS or self.adapter is not None:
-                raise ConfigError(
-                    "backend='onnx' supports encoder models (BERT, XLM-RoBERTa, M3) without adapters"
-                )
-            path = export_onnx(
-                self.folder, "feature-extraction", self.quantization, file_fingerprint(self.folder)[:16]
-            )
-            self._model = OnnxRunner(path, "feature-extraction")
+            self._model = OnnxRunner(self._onnx_graph(), "feature-extraction")
             if self.m3_heads is not None:
                 self.m3_heads.to(self.device)
         if self._model is None:
@@ -324,7 +331,13 @@ class Embedder:
 
     def _get_pool(self) -> DevicePool:
         if self._pool is None or self._pool.closed:
-            self._pool = DevicePool(_EmbedderFactory(self.folder, self._worker_kwargs()), self.devices)
+            if self.backend == "onnx":
+                self._onnx_graph()  # exported once here, not by every worker at the same time
+            self._pool = DevicePool(
+                _EmbedderFactory(self.folder, self._worker_kwargs()),
+                self.devices,
+                timeout=self.worker_timeout,
+            )
         return self._pool
 
     def close(self) -> None:
@@ -480,7 +493,7 @@ class Embedder:
     ) -> Any:
         heads = self._check_heads(return_dense, return_sparse, return_colbert_vecs, sparse_format)
         max_length = int(max_length or self.max_length_limit)
-        batch_size = int(batch_size or self.batch_size)
+        batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
         show = self.show_progress if show_progress is None else show_progress
         result: Any
         if len(self.devices) > 1 and len(texts) > 1:
@@ -623,7 +636,7 @@ class Embedder:
                 return out
 
         engine = BatchEngine(
-            batch_size=int(batch_size or self.batch_size),
+            batch_size=self.batch_size if batch_size is None else check_batch_size(batch_size),
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=show_progress,
             desc="Encoding",

@@ -33,7 +33,7 @@ from bgekit.inference.rerank_heads import (
 )
 from bgekit.inference.rerank_inputs import CrossEncoderInputs, PromptInputs, as_pair_list
 from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranker_settings
-from bgekit.inference.runtime import resolve_runtime
+from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models import reranker_registry
 from bgekit.models.loading import (
     load_pretrained,
@@ -60,6 +60,7 @@ _RUNTIME_ARGS = (
     "cache_dir",
     "backend",
     "quantization",
+    "worker_timeout",
 )
 _CALL_ARGS = (
     "batch_size",
@@ -161,6 +162,7 @@ class Reranker:
         self.backend, self.quantization = runtime.backend, runtime.quantization
         self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
         self._requested_dtype = runtime.requested_dtype
+        self.worker_timeout = runtime.worker_timeout
 
         self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
         original_pad_id = self.tokenizer.pad_token_id
@@ -233,21 +235,26 @@ class Reranker:
                     f"max_position_embeddings={positions}); use max_length <= {positions - offset}"
                 )
 
+    def _onnx_graph(self) -> str:
+        """The exported (cached) ONNX graph of this cross-encoder; exported here on first use."""
+        from bgekit.inference.embedder import file_fingerprint
+        from bgekit.inference.onnx_backend import export_onnx
+
+        if self.kind != "cross-encoder":
+            raise ConfigError(f"backend='onnx' supports cross-encoders only, not {self.kind!r} rerankers")
+        return export_onnx(
+            self.folder, "sequence-classification", self.quantization, file_fingerprint(self.folder)[:16]
+        )
+
     def _load_model(self) -> Any:
         if self._model is not None:
             return self._model
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         if self.backend == "onnx":
-            from bgekit.inference.embedder import file_fingerprint
-            from bgekit.inference.onnx_backend import OnnxRunner, export_onnx
+            from bgekit.inference.onnx_backend import OnnxRunner
 
-            if self.kind != "cross-encoder":
-                raise ConfigError(f"backend='onnx' supports cross-encoders only, not {self.kind!r} rerankers")
-            path = export_onnx(
-                self.folder, "sequence-classification", self.quantization, file_fingerprint(self.folder)[:16]
-            )
-            self._model = OnnxRunner(path, "sequence-classification")
+            self._model = OnnxRunner(self._onnx_graph(), "sequence-classification")
             return self._model
         if self.kind == "cross-encoder":
             model = load_pretrained(
@@ -344,7 +351,13 @@ class Reranker:
 
     def _get_pool(self) -> DevicePool:
         if self._pool is None or self._pool.closed:
-            self._pool = DevicePool(_RerankerFactory(self.folder, self._worker_kwargs()), self.devices)
+            if self.backend == "onnx":
+                self._onnx_graph()  # exported once here, not by every worker at the same time
+            self._pool = DevicePool(
+                _RerankerFactory(self.folder, self._worker_kwargs()),
+                self.devices,
+                timeout=self.worker_timeout,
+            )
         return self._pool
 
     def close(self) -> None:
@@ -436,7 +449,9 @@ class Reranker:
         s = self.settings
         max_length = kwargs.get("max_length") or s.max_length
         options: dict[str, Any] = {
-            "batch_size": int(kwargs.get("batch_size") or self.batch_size),
+            "batch_size": self.batch_size
+            if kwargs.get("batch_size") is None
+            else check_batch_size(kwargs["batch_size"]),
             "max_length": max_length,
             "query_max_length": kwargs.get("query_max_length") or s.query_max_length,
             "normalize": s.normalize if kwargs.get("normalize") is None else bool(kwargs["normalize"]),

@@ -30,6 +30,9 @@ class Runtime:
         torch_dtype: the same as a torch dtype.
         requested_dtype: the dtype as the caller gave it, passed on to worker processes so that each one
             resolves it (``"auto"`` included) for its own device.
+        worker_timeout: with several devices, the most seconds one call may wait for the worker
+            processes (loading included) before they are stopped and ``WorkerError`` is raised; ``None``:
+            no limit.
     """
 
     devices: list[str]
@@ -40,6 +43,39 @@ class Runtime:
     dtype: str
     torch_dtype: torch.dtype
     requested_dtype: str | None
+    worker_timeout: float | None = None
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int:
+    """``value`` as a positive int, or ConfigError naming ``name``.
+
+    Example:
+        >>> check_batch_size(32)
+        32
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+        raise ConfigError(f"{name}={value!r} is not valid; give a whole number of texts >= 1")
+    return int(value)
+
+
+def check_device_available(device: torch.device, name: str) -> None:
+    """ConfigError when ``device`` is a CUDA (or MPS) device this machine does not have."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"{name} asks for CUDA, but this machine has no CUDA device (or torch was built without "
+                "CUDA); use device='cpu'"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"{name} asks for {device}, but this machine has {count} CUDA device(s): "
+                f"{', '.join(f'cuda:{i}' for i in range(count))}"
+            )
+    elif device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(f"{name} asks for MPS, which this machine does not have; use device='cpu'")
 
 
 def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget: int) -> Runtime:
@@ -47,7 +83,8 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
 
     Args:
         kwargs: the constructor's keyword arguments (``device``, ``devices``, ``max_tokens_per_batch``,
-            ``quantization``, ``backend``, ``dtype``; others are ignored).
+            ``quantization``, ``backend``, ``dtype``, ``batch_size``, ``worker_timeout``; others are
+            ignored).
         default_dtype: the dtype when the caller gives none (the checkpoint's or the model kind's).
         gpu_token_budget: the token budget on GPUs when the caller gives none.
 
@@ -67,7 +104,22 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
     if devices is not None and len(devices) == 0:
         raise ConfigError("devices=[] is empty; name at least one device or leave it out")
     names = [str(d) for d in devices] if devices else [str(resolve_device(device))]
+    for i, name in enumerate(names):
+        check_device_available(
+            resolve_device(name), f"devices[{i}]={name!r}" if devices else f"device={name!r}"
+        )
     first = resolve_device(names[0])
+    if kwargs.get("batch_size") is not None:
+        check_batch_size(kwargs["batch_size"])
+    worker_timeout = kwargs.get("worker_timeout")
+    if worker_timeout is not None and (
+        isinstance(worker_timeout, bool)
+        or not isinstance(worker_timeout, int | float)
+        or not worker_timeout > 0
+    ):
+        raise ConfigError(
+            f"worker_timeout={worker_timeout!r} is not valid; give a number of seconds > 0, or None for no limit"
+        )
     quantization = kwargs.get("quantization")
     if quantization not in (None, "int8"):
         raise ConfigError(f"quantization={quantization!r} is not valid; choose None or 'int8'")
@@ -88,4 +140,5 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
         dtype=dtype,
         torch_dtype=torch_dtype,
         requested_dtype=requested,
+        worker_timeout=None if worker_timeout is None else float(worker_timeout),
     )

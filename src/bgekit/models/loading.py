@@ -221,6 +221,8 @@ def load_pretrained(
     # transformers 4.56 renamed torch_dtype to dtype; pass whichever this version understands
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kwarg = {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+    from safetensors import SafetensorError
+
     try:
         model = auto_class.from_pretrained(
             folder,
@@ -229,7 +231,7 @@ def load_pretrained(
             use_safetensors=use_safetensors,
             **kwargs,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or damaged file
         raise ModelLoadError(f"could not load model weights from {folder!r}: {exc}") from exc
     return model.to(device).eval()
 
