@@ -1,0 +1,93 @@
+"""The model worker: requests queued together run as one call, in order, and one bad request fails alone."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from bgekit.serve.worker import ModelWorker
+
+
+class _Recorder:
+    """A runner that records each call and can be held until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+        self.gate = threading.Event()
+
+    def __call__(self, key: Any, items: list[Any]) -> list[Any]:
+        self.gate.wait(10)
+        if "bad" in items:
+            raise ValueError("bad item")
+        self.calls.append(list(items))
+        return [f"{key[1]}:{item}" for item in items]
+
+
+def test_queued_jobs_of_one_kind_run_as_one_call_and_get_their_own_outputs() -> None:
+    runner = _Recorder()
+    worker = ModelWorker({"run": runner})
+    try:
+        first = worker.submit(("run", "a"), [0], tokens=1)  # taken at once; the gate holds it
+        while worker.depth:
+            pass
+        later = [worker.submit(("run", "a"), [i, i + 100], tokens=2) for i in range(1, 6)]
+        other = worker.submit(("run", "b"), ["x"], tokens=1)  # another kind: its own call
+        runner.gate.set()
+        assert first.result(10) == ["a:0"]
+        assert [f.result(10) for f in later] == [[f"a:{i}", f"a:{i + 100}"] for i in range(1, 6)]
+        assert other.result(10) == ["b:x"]
+        assert runner.calls == [[0], [i for k in range(1, 6) for i in (k, k + 100)], ["x"]]
+    finally:
+        worker.stop()
+
+
+def test_the_token_cap_splits_groups_and_a_bad_job_fails_alone() -> None:
+    runner = _Recorder()
+    worker = ModelWorker({"run": runner}, max_batch_tokens=4)
+    try:
+        held = worker.submit(("run", "k"), ["hold"], tokens=1)
+        while worker.depth:
+            pass
+        jobs = [worker.submit(("run", "k"), [i], tokens=2) for i in range(4)]
+        bad = worker.submit(("run", "k"), ["bad"], tokens=1)
+        good = worker.submit(("run", "k"), ["ok"], tokens=1)
+        runner.gate.set()
+        held.result(10)
+        assert [f.result(10) for f in jobs] == [[f"k:{i}"] for i in range(4)]
+        assert runner.calls[1:3] == [[0, 1], [2, 3]]  # 2 + 2 tokens per call
+        with pytest.raises(ValueError, match="bad item"):
+            bad.result(10)
+        assert good.result(10) == ["k:ok"]
+    finally:
+        worker.stop()
+
+
+def test_a_cancelled_job_is_not_run_and_a_failed_warmup_is_reported() -> None:
+    runner = _Recorder()
+    worker = ModelWorker({"run": runner})
+    try:
+        held = worker.submit(("run", "k"), ["hold"], tokens=1)
+        while worker.depth:
+            pass
+        dropped = worker.submit(("run", "k"), ["dropped"], tokens=1)
+        assert dropped.cancel()
+        runner.gate.set()
+        held.result(10)
+        worker.submit(("run", "k"), ["after"], tokens=1).result(10)
+        assert ["dropped"] not in runner.calls
+    finally:
+        worker.stop()
+
+    def broken() -> None:
+        raise RuntimeError("weights are corrupt")
+
+    failing = ModelWorker({"run": runner}, warmup=broken)
+    try:
+        job = failing.submit(("run", "k"), ["x"], tokens=1)
+        with pytest.raises(RuntimeError, match="weights are corrupt"):
+            job.result(10)
+        assert not failing.ready.is_set() and failing.failed is not None
+    finally:
+        failing.stop()
