@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bgekit import Embedder, Reranker
-from bgekit.errors import ConfigError, ModelLoadError
+from bgekit.errors import ConfigError, InputError, ModelLoadError
 from bgekit.inference.runtime import resolve_runtime
 
 
@@ -139,3 +139,18 @@ def test_batch_size_zero_is_a_config_error(tiny_bert_dir: str, bert_reranker_dir
         embedder.encode_corpus(["a text"], batch_size=0)
     with pytest.raises(ConfigError, match=r"batch_size=-2 is not valid"):
         Reranker(bert_reranker_dir, device="cpu").compute_score([("q", "p")], batch_size=-2)
+
+
+def test_a_lone_surrogate_is_an_input_error_naming_the_position(
+    tiny_bert_dir: str, bert_reranker_dir: str
+) -> None:
+    embedder = Embedder(tiny_bert_dir, device="cpu")
+    with pytest.raises(
+        InputError, match=r"queries\[1\] is not valid Unicode: a lone surrogate '\\ud800' at character 1"
+    ):
+        embedder.encode_queries(["fine", "a\ud800b"])
+    with pytest.raises(InputError, match=r"corpus\[0\]\['text'\] is not valid Unicode"):
+        embedder.encode_corpus([{"title": "t", "text": "bad \udc80 bytes"}])
+    with pytest.raises(InputError, match=r"pairs\[1\]\[1\] is not valid Unicode"):
+        Reranker(bert_reranker_dir, device="cpu").compute_score([("q", "fine"), ("q", "a\ud800b")])
+    assert embedder.encode_queries(["héllo wörld 🐼"]).shape[0] == 1  # valid non-ASCII text is fine

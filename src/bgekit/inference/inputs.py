@@ -8,6 +8,27 @@ from typing import Any
 from bgekit.errors import InputError
 
 
+def check_unicode(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode; a lone surrogate (e.g. ``"a\\ud800b"``, from text decoded with
+    ``surrogateescape`` or cut through a surrogate pair) is an InputError naming ``where`` and the character.
+
+    Example:
+        >>> check_unicode("héllo", "texts[0]")
+        'héllo'
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{where} is not valid Unicode: a lone surrogate {text[exc.start]!r} at character {exc.start}; "
+            "fix the text's decoding, or replace such characters first "
+            "(text.encode('utf-8', 'replace').decode('utf-8'))"
+        ) from None
+    return text
+
+
 def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
     """Validate a string or a sequence of strings; return the list and whether one string was given.
 
@@ -16,13 +37,14 @@ def as_text_list(texts: Any, what: str = "texts") -> tuple[list[str], bool]:
         (['hi'], True)
     """
     if isinstance(texts, str):
-        return [texts], True
+        return [check_unicode(texts, what)], True
     if not isinstance(texts, Sequence) or isinstance(texts, bytes | Mapping):
         raise InputError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
     out = list(texts)
     for i, text in enumerate(out):
         if not isinstance(text, str):
             raise InputError(f"{what}[{i}] is {text!r:.60} ({type(text).__name__}); expected a string")
+        check_unicode(text, f"{what}[{i}]")
     return out, False
 
 
@@ -36,7 +58,7 @@ def corpus_item_text(item: Any, index: int, what: str = "corpus") -> str:
         'Pandas Bears.'
     """
     if isinstance(item, str):
-        return item
+        return check_unicode(item, f"{what}[{index}]")
     if isinstance(item, Mapping):
         if "text" not in item or not isinstance(item["text"], str):
             raise InputError(
@@ -45,6 +67,9 @@ def corpus_item_text(item: Any, index: int, what: str = "corpus") -> str:
         title = item.get("title")
         if title is not None and not isinstance(title, str):
             raise InputError(f"{what}[{index}]['title'] is {type(title).__name__}; expected a string")
+        check_unicode(item["text"], f"{what}[{index}]['text']")
+        if title:
+            check_unicode(title, f"{what}[{index}]['title']")
         return f"{title} {item['text']}".strip() if title else item["text"]
     raise InputError(f"{what}[{index}] is {item!r:.60} ({type(item).__name__}); expected a string or a dict")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bgekit.engine import tokenize_texts
 from bgekit.errors import ConfigError, InputError
-from bgekit.inference.inputs import corpus_item_text
+from bgekit.inference.inputs import check_unicode, corpus_item_text
 
 Feature = dict[str, list[int]]
 
@@ -35,7 +35,7 @@ def as_pair_list(pairs: Any, what: str = "pairs") -> tuple[list[tuple[str, str]]
     if isinstance(pairs, str | bytes | Mapping) or not isinstance(pairs, Sequence):
         raise InputError(f"{what} must be a list of (query, passage) pairs, got {type(pairs).__name__}")
     if len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
-        return [(pairs[0], pairs[1])], True
+        return [(check_unicode(pairs[0], f"{what}[0]"), check_unicode(pairs[1], f"{what}[1]"))], True
     out: list[tuple[str, str]] = []
     for i, pair in enumerate(pairs):
         if isinstance(pair, str | bytes | Mapping) or not isinstance(pair, Sequence) or len(pair) != 2:
@@ -52,6 +52,8 @@ def as_pair_list(pairs: Any, what: str = "pairs") -> tuple[list[tuple[str, str]]
                 raise InputError(
                     f"{what}[{i}][1] (the passage) is {type(passage).__name__}; expected a string"
                 )
+        check_unicode(query, f"{what}[{i}][0]")
+        check_unicode(passage, f"{what}[{i}][1]")
         out.append((query, passage))
     return out, False
 
