@@ -59,3 +59,7 @@ def reject_unknown_kwargs(where: str, kwargs: dict[str, object], valid: list[str
         raise ConfigError(
             f"{where} got unknown keyword argument(s): {names}. Valid arguments: {', '.join(sorted(valid))}"
         )
+
+
+class StoreError(BgekitError, RuntimeError):
+    """A vector store (e.g. Milvus) refused an operation: names the store, the collection and its answer."""

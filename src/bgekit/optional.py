@@ -21,3 +21,19 @@ def require_faiss(purpose: str = "dense search") -> Any:
             f"{purpose} needs faiss: pip install faiss-cpu (in bgekit's eval, search, serve and train extras)"
         ) from exc
     return faiss
+
+
+def require_pymilvus(purpose: str = "a Milvus store") -> Any:
+    """The ``pymilvus`` module, or a ConfigError naming ``purpose`` and the extra to install.
+
+    Example:
+        >>> require_pymilvus().DataType.SPARSE_FLOAT_VECTOR.name   # doctest: +SKIP
+        'SPARSE_FLOAT_VECTOR'
+    """
+    try:
+        import pymilvus
+    except ImportError as exc:
+        raise ConfigError(
+            f"{purpose} needs pymilvus (and milvus-lite for a local .db file): pip install 'bgekit[milvus]'"
+        ) from exc
+    return pymilvus

@@ -3,9 +3,12 @@
 The corpus is a BEIR ``corpus.jsonl`` (``_id``, optional ``title``, ``text`` per line). Encoding is
 checkpointed chunk by chunk in ``OUTPUT.partial/``: rerun the same command after a crash and it resumes.
 The index folder is written atomically; search it with ``bgekit search`` or serve it with ``bgekit serve``.
+With ``--store`` the documents go into a Milvus collection instead (a local ``.db`` file is Milvus Lite,
+``http://host:19530`` a server): a rerun inserts only the documents not yet there.
 
 Example:
     bgekit index --model BAAI/bge-m3 --corpus corpus.jsonl --output my-index
+    bgekit index --model BAAI/bge-m3 --corpus corpus.jsonl --store corpus.db
 """
 
 from __future__ import annotations
@@ -13,12 +16,20 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="hub name or local embedder folder")
     parser.add_argument("--corpus", required=True, help="BEIR corpus.jsonl: _id, title (optional), text")
-    parser.add_argument("--output", required=True, help="the index folder to write")
+    parser.add_argument("--output", default=None, help="the index folder to write")
+    parser.add_argument(
+        "--store", default=None, help="a Milvus URI instead: PATH.db (Milvus Lite) or http://host:19530"
+    )
+    parser.add_argument("--collection", default="bgekit", help="--store: the collection to write")
+    parser.add_argument(
+        "--token", default=None, help="--store: the server's token (user:password or API key)"
+    )
     parser.add_argument("--no-sparse", action="store_true", help="BGE-M3: keep only the dense vectors")
     parser.add_argument("--chunk-size", type=int, default=10_000, help="documents between checkpoints")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
@@ -33,8 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bgekit import Embedder
+    from bgekit.errors import ConfigError
     from bgekit.index import SearchIndex
 
+    if (args.output is None) == (args.store is None):
+        raise ConfigError("give one of --output (an index folder) and --store (a Milvus URI)")
     embedder = Embedder(
         args.model,
         dtype=args.dtype,
@@ -44,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         show_progress=False,
     )
+    if args.store is not None:
+        return _index_into_store(args, embedder)
     partial = args.output.rstrip("/") + ".partial"
     try:
         index = SearchIndex.build(
@@ -64,4 +80,28 @@ def run(args: argparse.Namespace) -> int:
         f"{index.info['encode_seconds']:.1f}s" + (f" ({resumed} chunk(s) resumed)" if resumed else ""),
         file=sys.stderr,
     )
+    return 0
+
+
+def _index_into_store(args: argparse.Namespace, embedder: Any) -> int:
+    from bgekit.stores import MilvusStore
+
+    try:
+        store = MilvusStore.build(
+            embedder,
+            args.corpus,
+            args.store,
+            collection=args.collection,
+            token=args.token,
+            sparse=False if args.no_sparse else None,
+            chunk_size=args.chunk_size,
+            show_progress=not args.no_progress,
+        )
+    finally:
+        embedder.close()
+    with store:
+        print(
+            f"{len(store)} documents ({', '.join(store.modes)}) in collection {args.collection!r} of {args.store}",
+            file=sys.stderr,
+        )
     return 0

@@ -1,7 +1,8 @@
-"""Search a saved index from the command line: the best documents for each query, best first.
+"""Search a saved index or a Milvus store from the command line: the best documents for each query.
 
 Example:
     bgekit search --index my-index --query "what is bge?" --top-k 5 [--reranker BAAI/bge-reranker-v2-m3]
+    bgekit search --store corpus.db --query "what is bge?" --top-k 5 --json
 """
 
 from __future__ import annotations
@@ -10,11 +11,28 @@ import argparse
 import json
 from typing import Any
 
+from bgekit.cli.ann_options import add_search_knobs, search_knobs
 from bgekit.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", required=True, help="an index folder written by `bgekit index`")
+    parser.add_argument("--index", default=None, help="an index folder written by `bgekit index`")
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="or a Milvus URI written by `bgekit index --store`: PATH.db or http://host:19530",
+    )
+    parser.add_argument("--collection", default="bgekit", help="--store: the collection to search")
+    parser.add_argument(
+        "--token", default=None, help="--store: the server's token (user:password or API key)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="--store: the embedder (default: the one that wrote it)"
+    )
+    parser.add_argument(
+        "--fusion", choices=["weighted", "rrf"], default="weighted", help="--store: hybrid fusion in Milvus"
+    )
+    add_search_knobs(parser.add_argument_group("--index built with --ann: search knobs"))
     parser.add_argument("--query", required=True, nargs="+", help="one or more queries")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--mode", choices=["dense", "sparse", "hybrid"], default=None)
@@ -47,11 +65,31 @@ def second_stage(args: argparse.Namespace, index: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     from bgekit.index import SearchIndex
 
-    index = SearchIndex.load(args.index, dtype=args.dtype)
-    reranker = second_stage(args, index)
-    results = index.search(
-        args.query, args.top_k, mode=args.mode, reranker=reranker, rerank_top_k=args.rerank_top_k
-    )
+    if (args.index is None) == (args.store is None):
+        raise ConfigError("give one of --index (an index folder) and --store (a Milvus URI)")
+    if args.store is None:
+        index: Any = SearchIndex.load(args.index, dtype=args.dtype)
+        options: dict[str, Any] = search_knobs(args)
+    else:
+        from bgekit.stores import MilvusStore
+
+        index = MilvusStore.open(
+            args.store, args.model, collection=args.collection, token=args.token, dtype=args.dtype
+        )
+        options = {"fusion": args.fusion}
+    try:
+        reranker = second_stage(args, index)
+        results = index.search(
+            args.query,
+            args.top_k,
+            mode=args.mode,
+            reranker=reranker,
+            rerank_top_k=args.rerank_top_k,
+            **options,
+        )
+    finally:
+        if args.store is not None:
+            index.close()
     for query, hits in zip(args.query, results, strict=True):
         if args.json:
             print(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))

@@ -1,0 +1,32 @@
+"""Fixtures for store tests: MiniLM, a tiny BGE-M3 (dense + sparse) and a SciFact slice, loaded once."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.conftest import build_tiny_m3  # tests/ is on sys.path (rootdir conftest)
+
+
+@pytest.fixture(scope="session")
+def stores_m3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_m3(tmp_path_factory.mktemp("stores-m3"))
+
+
+@pytest.fixture(scope="session")
+def m3(stores_m3_dir: str):  # noqa: ANN201 - the Embedder
+    from bgekit import Embedder
+
+    return Embedder(stores_m3_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path: str):  # noqa: ANN201 - the Embedder
+    from bgekit import Embedder
+
+    return Embedder(minilm_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def scifact_slice(scifact_corpus: list[dict], scifact_queries: list[dict]) -> tuple[list[dict], list[str]]:
+    """The first 200 SciFact documents and 20 queries."""
+    return scifact_corpus[:200], [q["text"] for q in scifact_queries[:20]]
