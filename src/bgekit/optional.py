@@ -23,6 +23,22 @@ def require_faiss(purpose: str = "dense search") -> Any:
     return faiss
 
 
+def require_ray(purpose: str = "encoding on a Ray cluster") -> Any:
+    """The ``ray`` module (with Ray Data and pyarrow), or a ConfigError naming ``purpose`` and the extra.
+
+    Example:
+        >>> require_ray().data.ActorPoolStrategy.__name__   # doctest: +SKIP
+        'ActorPoolStrategy'
+    """
+    try:
+        import pyarrow  # noqa: F401 - Ray Data's block format, installed by ray[data]
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ConfigError(f"{purpose} needs Ray Data: pip install 'bgekit[ray]'") from exc
+    return ray
+
+
 def require_pymilvus(purpose: str = "a Milvus store") -> Any:
     """The ``pymilvus`` module, or a ConfigError naming ``purpose`` and the extra to install.
 

@@ -2,6 +2,13 @@
 
 Input lines are JSON objects with a ``text`` field (and optional ``title``), JSON strings, or, for a
 ``.txt`` file, one text per line. The output is written atomically.
+
+With ``--ray [ADDRESS]`` the input (JSONL or Parquet, a folder of them, local or ``s3://``...) is encoded on
+a Ray cluster and OUTPUT is a folder of Parquet parts (``id``, ``dense``, for BGE-M3 ``sparse``
+``{indices, values}``, with ``--colbert`` ``colbert``); rerun the same command after a crash to finish it.
+
+Example:
+    bgekit encode --model BAAI/bge-m3 --input corpus.jsonl --output emb/ --ray auto --gpus-per-actor 1
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import sys
 import time
 from typing import Any
 
-from bgekit.errors import DataFormatError
+from bgekit.cli.ray_options import add_ray_arguments, ray_kwargs
+from bgekit.errors import ConfigError, DataFormatError
 from bgekit.io import iter_jsonl, save_npy_atomic
 
 
@@ -32,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="quantise the output (sentence-transformers conventions); int8/uint8 ranges go to OUTPUT.ranges.npy",
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-sparse", action="store_true", help="--ray, BGE-M3: write only dense vectors")
+    parser.add_argument("--colbert", action="store_true", help="--ray, BGE-M3: also write ColBERT vectors")
+    add_ray_arguments(parser)
 
 
 def read_texts(path: str, queries: bool) -> list[Any]:
@@ -61,6 +72,10 @@ def read_texts(path: str, queries: bool) -> list[Any]:
 def run(args: argparse.Namespace) -> int:
     from bgekit import Embedder
 
+    if args.ray is not None:
+        return _run_on_ray(args)
+    if args.no_sparse or args.colbert:
+        raise ConfigError("--no-sparse and --colbert go with --ray (the .npy output holds dense vectors)")
     items = read_texts(args.input, args.queries)
     model = Embedder(
         args.model,
@@ -83,4 +98,30 @@ def run(args: argparse.Namespace) -> int:
     save_npy_atomic(args.output, vectors)
     elapsed = time.perf_counter() - start
     print(f"encoded {len(items)} texts -> {args.output} {vectors.shape} in {elapsed:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    from bgekit.distributed.ray_encode import encode_with_ray
+
+    if args.precision != "float32" or args.devices:
+        raise ConfigError("--precision and --devices do not go with --ray (set --gpus-per-actor instead)")
+    settings = {"dtype": args.dtype, "batch_size": args.batch_size}
+    result = encode_with_ray(
+        args.model,
+        args.input,
+        args.output,
+        sparse=False if args.no_sparse else None,
+        colbert=args.colbert,
+        queries=args.queries,
+        max_length=args.max_length,
+        embedder_kwargs={k: v for k, v in settings.items() if v is not None},
+        show_progress=not args.no_progress,
+        **ray_kwargs(args),
+    )
+    print(
+        f"encoded {result.rows} texts -> {args.output} ({result.shards} part(s), {result.shards_skipped} "
+        f"already there) by {result.num_actors} Ray actor(s) in {result.seconds:.1f}s",
+        file=sys.stderr,
+    )
     return 0

@@ -3,12 +3,14 @@
 The corpus is a BEIR ``corpus.jsonl`` (``_id``, optional ``title``, ``text`` per line). Encoding is
 checkpointed chunk by chunk in ``OUTPUT.partial/``: rerun the same command after a crash and it resumes.
 The index folder is written atomically; search it with ``bgekit search`` or serve it with ``bgekit serve``.
+With ``--ray`` the corpus is encoded on a Ray cluster, into resumable Parquet parts in ``OUTPUT.ray-shards/``.
 With ``--store`` the documents go into a Milvus collection instead (a local ``.db`` file is Milvus Lite,
 ``http://host:19530`` a server): a rerun inserts only the documents not yet there.
 
 Example:
     bgekit index --model BAAI/bge-m3 --corpus corpus.jsonl --output my-index
     bgekit index --model BAAI/bge-m3 --corpus corpus.jsonl --store corpus.db
+    bgekit index --model BAAI/bge-m3 --corpus corpus.jsonl --output my-index --ray auto --gpus-per-actor 1
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import shutil
 import sys
 from typing import Any
+
+from bgekit.cli.ray_options import add_ray_arguments, ray_kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true", help="run code shipped with the checkpoint"
     )
     parser.add_argument("--no-progress", action="store_true")
+    add_ray_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         show_progress=False,
     )
+    if args.store is not None and args.ray is not None:
+        raise ConfigError("--ray builds an index folder (--output); it does not write to --store")
     if args.store is not None:
         return _index_into_store(args, embedder)
+    if args.ray is not None:
+        return _index_through_ray(args, embedder)
     partial = args.output.rstrip("/") + ".partial"
     try:
         index = SearchIndex.build(
@@ -104,4 +113,31 @@ def _index_into_store(args: argparse.Namespace, embedder: Any) -> int:
             f"{len(store)} documents ({', '.join(store.modes)}) in collection {args.collection!r} of {args.store}",
             file=sys.stderr,
         )
+    return 0
+
+
+def _index_through_ray(args: argparse.Namespace, embedder: Any) -> int:
+    from bgekit.distributed.ray_encode import build_search_index, encode_with_ray
+
+    shards = args.output.rstrip("/") + ".ray-shards"
+    try:
+        result = encode_with_ray(
+            embedder,
+            args.corpus,
+            shards,
+            sparse=False if args.no_sparse else None,
+            show_progress=not args.no_progress,
+            **ray_kwargs(args),
+        )
+        index = build_search_index(embedder, shards)
+    finally:
+        embedder.close()
+    index.save(args.output)
+    shutil.rmtree(shards, ignore_errors=True)
+    print(
+        f"indexed {len(index)} documents ({', '.join(index.modes)}) -> {args.output}: encoded on Ray by "
+        f"{result.num_actors} actor(s) in {result.seconds:.1f}s ({result.shards_skipped} of "
+        f"{result.shards} shard(s) resumed)",
+        file=sys.stderr,
+    )
     return 0
