@@ -109,6 +109,7 @@ def create_app(
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import Request
 
     if index is None and embedder is None and reranker is None:
         raise ConfigError("create_app needs an index, an embedder or a reranker to serve")
@@ -411,7 +412,7 @@ def create_app(
         routes += ["/v1/embeddings", "/embed"]
 
         @app.post("/v1/embeddings", response_model=EmbeddingResponse)
-        async def openai_embeddings(body: EmbeddingRequest, request: fastapi.Request) -> Any:
+        async def openai_embeddings(body: EmbeddingRequest, request: Request) -> Any:
             """Embeddings as OpenAI's API returns them (the ``openai`` client works unchanged)."""
             texts = texts_of(body.input)
             if not texts:
@@ -439,7 +440,7 @@ def create_app(
             )
 
         @app.post("/embed", response_model=list[list[float]])
-        async def tei_embed(body: EmbedRequest, request: fastapi.Request) -> Any:
+        async def tei_embed(body: EmbedRequest, request: Request) -> Any:
             """Dense embeddings as TEI returns them: one list of floats per input."""
             texts = texts_of(body.inputs)
             features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
@@ -451,7 +452,7 @@ def create_app(
         routes += ["/embed_sparse", "/embed_all"]
 
         @app.post("/embed_sparse", response_model=list[list[SparseValue]])
-        async def tei_embed_sparse(body: SparseRequest, request: fastapi.Request) -> Any:
+        async def tei_embed_sparse(body: SparseRequest, request: Request) -> Any:
             """BGE-M3 lexical weights: ``[{"index": token_id, "value": weight}]`` per input, ready for a
             vector database's sparse field."""
             texts = texts_of(body.inputs)
@@ -470,7 +471,7 @@ def create_app(
             )
 
         @app.post("/embed_all", response_model=list[list[list[float]]])
-        async def tei_embed_all(body: SparseRequest, request: fastapi.Request) -> Any:
+        async def tei_embed_all(body: SparseRequest, request: Request) -> Any:
             """BGE-M3 multi-vector (ColBERT) embeddings: one vector per token after the first, per input."""
             texts = texts_of(body.inputs)
             features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
@@ -496,7 +497,7 @@ def create_app(
             return sigmoid(scores) if _takes_normalize(reranker) else scores
 
         @app.post("/rerank", response_model=list[RankedText])
-        async def tei_rerank(body: RerankRequest, request: fastapi.Request) -> Any:
+        async def tei_rerank(body: RerankRequest, request: Request) -> Any:
             """TEI's rerank: ``[{"index", "score"(, "text")}]`` best first (sigmoid unless raw_scores)."""
             raw = await scores_of(request, body.query, body.texts, "texts")
             scores = raw if body.raw_scores else normalized(raw)
@@ -513,7 +514,7 @@ def create_app(
             )
 
         @app.post("/v1/rerank", response_model=CohereRerankResponse)
-        async def cohere_rerank(body: CohereRerankRequest, request: fastapi.Request) -> Any:
+        async def cohere_rerank(body: CohereRerankRequest, request: Request) -> Any:
             """Cohere's rerank: ``results`` of ``index`` and ``relevance_score`` (0..1), best first."""
             texts = [d if isinstance(d, str) else d.text for d in body.documents]
             scores = normalized(await scores_of(request, body.query, texts, "documents"))
@@ -533,7 +534,7 @@ def create_app(
         routes += ["/search"]
 
         @app.post("/search", response_model=SearchResponse)
-        async def search(body: SearchRequest, request: fastapi.Request) -> Any:
+        async def search(body: SearchRequest, request: Request) -> Any:
             """The ``top_k`` best documents of each query, reranked when the server has a reranker."""
             use_reranker = reranker is not None if body.rerank is None else body.rerank
             if use_reranker and reranker is None:

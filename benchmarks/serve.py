@@ -1,0 +1,350 @@
+"""Serving throughput and latency: `bgekit serve` against infinity-emb and against the library itself.
+
+One run, loopback only, bounded by request counts. For each server (bgekit, and infinity-emb installed by
+this script into its own virtual environment under .bench/, torch engine, same local model, fp32, same
+threads) and each concurrency level (1, 4, 16, 64), clients send OpenAI-shaped embedding requests of SciFact
+queries (4 per request) or documents (32 per request) and the script prints texts/s, p50/p99 latency, the
+ratio to the library encoding the same texts in one call, and the ratio to infinity. During the highest
+level a client polls /health; its p99 is printed. Peak resident memory of each server process is read from
+/proc. Quality beside each figure: the minimum cosine between the vectors a server returned and the
+library's.
+
+Example:
+    python benchmarks/serve.py                      # bgekit and infinity, both workloads
+    python benchmarks/serve.py --peers none --levels 1 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, default_model_path, load_scifact, print_table  # noqa: E402
+
+INFINITY_VENV = REPO / ".bench" / "infinity"
+INFINITY_PINS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78"]
+WORKLOADS = {"queries": 4, "documents": 32}
+"""Texts per request."""
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    flags = set(next(x for x in text.splitlines() if x.startswith("flags")).split(":", 1)[1].split())
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+    return " ".join(f for f in wanted if f in flags)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_infinity() -> Path:
+    """infinity-emb in its own virtual environment (its pins clash with ours: numpy<2, ST<4)."""
+    binary = INFINITY_VENV / "bin" / "infinity_emb"
+    if not binary.exists():
+        print(f"installing {' '.join(INFINITY_PINS)} into {INFINITY_VENV} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
+        pip = [
+            str(INFINITY_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+        ]
+        subprocess.run([*pip, *INFINITY_PINS], check=True)
+    return binary
+
+
+class Server:
+    """A server process on a free loopback port, its embeddings URL and its peak memory."""
+
+    def __init__(self, name: str, command: list[str], port: int, route: str, env: dict[str, str]) -> None:
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.route = self.url + route
+        self.log = open(REPO / ".bench" / f"{name}-{port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} did not become healthy in {timeout:.0f} s; see {self.log.name}")
+
+    def peak_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def start_bgekit(model: str, threads: int) -> Server:
+    port = free_port()
+    env = server_env(threads)
+    command = [sys.executable, "-m", "bgekit.cli.main", "serve", "--model", model, "--port", str(port)]
+    command += ["--max-concurrent-requests", "1024", "--request-timeout", "600"]
+    return Server("bgekit", command, port, "/v1/embeddings", env)
+
+
+def start_infinity(model: str, threads: int, batch_size: int) -> Server:
+    binary = ensure_infinity()
+    port = free_port()
+    env = {**server_env(threads), "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    command = [str(binary), "v2", "--model-id", model, "--engine", "torch", "--device", "cpu"]
+    command += ["--dtype", "float32", "--batch-size", str(batch_size), "--port", str(port)]
+    command += ["--no-bettertransformer"]
+    return Server("infinity", command, port, "/embeddings", env)
+
+
+def server_env(threads: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def load(server: Server, batches: list[list[str]], concurrency: int, poll_health: bool) -> dict[str, Any]:
+    """Send every batch once with ``concurrency`` clients; latencies, texts/s, first vectors, /health p99."""
+    import httpx
+
+    latencies: list[float] = []
+    vectors: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+    stop_health = threading.Event()
+    health_ms: list[float] = []
+
+    def client(worker: int) -> None:
+        with httpx.Client(timeout=600) as http:
+            for i in range(worker, len(batches), concurrency):
+                started = time.perf_counter()
+                response = http.post(server.route, json={"input": batches[i], "model": "m"})
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise RuntimeError(f"{server.name}: {response.status_code} {response.text[:300]}")
+                if i < 4:
+                    data = sorted(response.json()["data"], key=lambda d: d["index"])
+                    with lock:
+                        vectors[i] = np.asarray([d["embedding"] for d in data], dtype=np.float32)
+                with lock:
+                    latencies.append(elapsed)
+
+    def health() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop_health.is_set():
+                started = time.perf_counter()
+                http.get(server.url + "/health")
+                health_ms.append(1000 * (time.perf_counter() - started))
+                time.sleep(0.05)
+
+    poller = threading.Thread(target=health, daemon=True)
+    if poll_health:
+        poller.start()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(client, w) for w in range(concurrency)]:
+            future.result()
+    wall = time.perf_counter() - started
+    stop_health.set()
+    if poll_health:
+        poller.join()
+    texts = sum(len(b) for b in batches)
+    return {
+        "texts_per_s": texts / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "vectors": vectors,
+        "health_p99_ms": float(np.percentile(health_ms, 99)) if health_ms else None,
+    }
+
+
+def library_rate(model: str, texts: list[str], threads: int) -> tuple[float, np.ndarray]:
+    """The library encoding ``texts`` in one call (a fresh process, same threads): texts/s and vectors."""
+    out = REPO / ".bench" / "library-vectors.npy"
+    code = (
+        "import sys, time, numpy as np, json, torch\n"
+        f"torch.set_num_threads({threads})\n"
+        "from bgekit import Embedder\n"
+        f"texts = json.load(open({str(REPO / '.bench' / 'texts.json')!r}))\n"
+        f"model = Embedder({model!r}, device='cpu')\n"
+        "model.encode(texts[:64])\n"
+        "started = time.perf_counter(); vectors = model.encode(texts); wall = time.perf_counter() - started\n"
+        f"np.save({str(out)!r}, vectors); print(len(texts) / wall)\n"
+    )
+    (REPO / ".bench" / "texts.json").write_text(json.dumps(texts))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=server_env(threads), capture_output=True, text=True, check=True
+    )
+    return float(result.stdout.strip().splitlines()[-1]), np.load(out)
+
+
+def min_cosine(
+    got: dict[int, np.ndarray], batches: list[list[str]], reference: dict[str, np.ndarray]
+) -> float:
+    worst = 1.0
+    for i, vectors in got.items():
+        want = np.stack([reference[t] for t in batches[i]])
+        cos = np.sum(vectors * want, axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(want, axis=1)
+        worst = min(worst, float(cos.min()))
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=None, help="a local embedder folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--peers", nargs="*", default=["infinity"], help="infinity, or none")
+    parser.add_argument("--levels", nargs="+", type=int, default=[1, 4, 16, 64])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--infinity-batch-size", type=int, default=32, help="infinity's default")
+    parser.add_argument("--requests", type=int, default=16, help="document requests per level (at least)")
+    args = parser.parse_args()
+    model = args.model or default_model_path()
+    (REPO / ".bench").mkdir(exist_ok=True)
+    corpus, queries, _ = load_scifact()
+    pools = {
+        "queries": [q["text"] for q in queries],
+        "documents": [f"{d['title']} {d['text']}".strip() for d in corpus],
+    }
+    plans: dict[str, dict[int, list[list[str]]]] = {}
+    for workload in args.workloads:
+        size, pool = WORKLOADS[workload], pools[workload]
+        plans[workload] = {}
+        for level in args.levels:
+            count = max(level, args.requests) if workload == "documents" else max(4 * level, 64)
+            plans[workload][level] = [
+                [pool[(r * size + j) % len(pool)] for j in range(size)] for r in range(count)
+            ]
+    every_text = sorted({t for w in plans.values() for b in w.values() for batch in b for t in batch})
+    print(
+        f"# {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores visible, {args.threads} threads per server"
+    )
+    print(f"# model {Path(model).name}, fp32; {len(every_text)} distinct SciFact texts; loopback only")
+    print("library: encoding every text in one call ...", flush=True)
+    rates, reference = {}, {}
+    for workload in args.workloads:
+        texts = sorted({t for b in plans[workload].values() for batch in b for t in batch})
+        rate, vectors = library_rate(model, texts, args.threads)
+        rates[workload] = rate
+        reference.update(zip(texts, vectors, strict=True))
+
+    starters = {"bgekit": lambda: start_bgekit(model, args.threads)}
+    if "infinity" in args.peers:
+        starters["infinity"] = lambda: start_infinity(model, args.threads, args.infinity_batch_size)
+    results: dict[tuple[str, str, int], dict[str, Any]] = {}
+    peaks: dict[str, float] = {}
+    for name, start in starters.items():
+        server = start()
+        try:
+            server.wait_ready()
+            for workload in args.workloads:
+                warm = plans[workload][args.levels[0]][:2]
+                load(server, warm, 1, False)
+                for level in args.levels:
+                    print(f"{name}: {workload} at concurrency {level} ...", flush=True)
+                    results[(name, workload, level)] = load(
+                        server, plans[workload][level], level, level == max(args.levels)
+                    )
+            peaks[name] = server.peak_mb()
+        finally:
+            server.stop()
+
+    for workload in args.workloads:
+        print(
+            f"\n## {workload}: {WORKLOADS[workload]} texts per request; library {rates[workload]:.1f} texts/s"
+        )
+        rows = []
+        for level in args.levels:
+            for name in starters:
+                r = results[(name, workload, level)]
+                vs_infinity = ""
+                if name == "bgekit" and ("infinity", workload, level) in results:
+                    peer = results[("infinity", workload, level)]
+                    vs_infinity = f"{r['texts_per_s'] / peer['texts_per_s']:.2f}x"
+                rows.append(
+                    [
+                        level,
+                        name,
+                        f"{r['texts_per_s']:.1f}",
+                        f"{r['texts_per_s'] / rates[workload]:.2f}",
+                        vs_infinity,
+                        f"{r['p50_ms']:.0f}",
+                        f"{r['p99_ms']:.0f}",
+                        "" if r["health_p99_ms"] is None else f"{r['health_p99_ms']:.0f}",
+                        f"{min_cosine(r['vectors'], plans[workload][level], reference):.6f}",
+                    ]
+                )
+        print_table(
+            [
+                "concurrency",
+                "server",
+                "texts/s",
+                "vs library",
+                "vs infinity",
+                "p50 ms",
+                "p99 ms",
+                "/health p99 ms",
+                "min cosine",
+            ],
+            rows,
+        )
+    print("\npeak resident memory: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in peaks.items()))
+
+
+if __name__ == "__main__":
+    main()
