@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reranker", default=None, help="a reranker for /rerank, /v1/rerank and /search")
     parser.add_argument("--index", default=None, help="an index folder written by `bgekit index` (/search)")
     parser.add_argument(
+        "--store", default=None, help="or a Milvus URI written by `bgekit index --store` (/search)"
+    )
+    parser.add_argument("--collection", default="bgekit", help="--store: the collection to search")
+    parser.add_argument("--token", default=None, help="--store: the Milvus server's token")
+    parser.add_argument(
         "--m3-rescore", action="store_true", help="BGE-M3 index: rerank with M3's colbert+sparse+dense score"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
@@ -120,14 +125,30 @@ def build_app(args: argparse.Namespace) -> Any:
     from bgekit.index import SearchIndex
     from bgekit.serve import create_app
 
-    if not (args.index or args.model or args.reranker):
-        raise ConfigError("give --model, --reranker or --index: there is nothing to serve")
-    if args.index and args.model:
-        raise ConfigError("give --index or --model, not both: an index brings the model that built it")
+    if not (args.index or args.store or args.model or args.reranker):
+        raise ConfigError("give --model, --reranker, --index or --store: there is nothing to serve")
+    if args.index and (args.model or args.store):
+        raise ConfigError("give --index alone, not with --model or --store: an index brings its model")
     config = config_from_args(args)
     trust = bool(args.trust_remote_code)
-    index = SearchIndex.load(args.index, dtype=args.dtype, trust_remote_code=trust) if args.index else None
-    embedder = Embedder(args.model, dtype=args.dtype, trust_remote_code=trust) if args.model else None
+    index: Any = None
+    embedder = None
+    if args.index:
+        index = SearchIndex.load(args.index, dtype=args.dtype, trust_remote_code=trust)
+    elif args.store:
+        from bgekit.stores import MilvusStore
+
+        # --model, when given, is the embedder of the store's queries (checked against the one that wrote it)
+        index = MilvusStore.open(
+            args.store,
+            args.model,
+            collection=args.collection,
+            token=args.token,
+            dtype=args.dtype,
+            trust_remote_code=trust,
+        )
+    elif args.model:
+        embedder = Embedder(args.model, dtype=args.dtype, trust_remote_code=trust)
     return create_app(index, embedder=embedder, reranker=second_stage(args, index), config=config)
 
 
@@ -150,11 +171,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        timeout_graceful_shutdown=int(config.graceful_timeout),
-        log_level="info",
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            timeout_graceful_shutdown=int(config.graceful_timeout),
+            log_level="info",
+        )
+    finally:
+        store = app.state.index
+        if store is not None and hasattr(store, "close"):
+            store.close()  # a Milvus store's client (and Milvus Lite's server process)
     return 0

@@ -184,6 +184,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
+    app.state.index = index
 
     # ---------------------------------------------------------------------------------- errors
     def problem(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
