@@ -26,8 +26,14 @@ from bgekit.io import iter_jsonl, save_npy_atomic
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="hub name or local model folder")
-    parser.add_argument("--input", required=True, help="JSONL with text (and title) per line, or a .txt file")
-    parser.add_argument("--output", required=True, help="where to write the .npy embeddings")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="JSONL with text (and title) per line, a .txt file; with --ray also Parquet",
+    )
+    parser.add_argument(
+        "--output", required=True, help="the .npy embeddings to write (with --ray: a folder of Parquet parts)"
+    )
     parser.add_argument("--queries", action="store_true", help="encode as queries (query instruction)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--batch-size", type=int, default=None)
