@@ -158,7 +158,7 @@ def test_rerun_after_an_interruption_skips_finished_shards(
     class InterruptedEncoder(ShardEncoder):
         def encode_shard(self, shard):  # noqa: ANN001, ANN202
             if shard.number == 5:
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + 120
                 while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
                     time.sleep(0.2)
                 raise RuntimeError("interrupted")
