@@ -44,6 +44,29 @@ class DataFormatError(BgekitError, ValueError):
         self.line = line
 
 
+class NonFiniteOutputError(BgekitError, ArithmeticError):
+    """A model returned NaN or infinite values (e.g. fp16 overflow): names the input positions at fault.
+
+    Args:
+        message: what is wrong, naming the positions.
+        positions: 0-based positions of the inputs whose outputs are not finite, in the caller's input.
+
+    Example:
+        >>> raise NonFiniteOutputError("inputs [3] gave NaN or infinite outputs", [3])
+        Traceback (most recent call last):
+        ...
+        bgekit.errors.NonFiniteOutputError: inputs [3] gave NaN or infinite outputs
+    """
+
+    def __init__(self, message: str, positions: list[int] | tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.positions = list(positions)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # keeps ``positions`` (and notes) when a device-pool worker sends the error back
+        return (type(self), (str(self), self.positions), self.__dict__)
+
+
 class WorkerError(BgekitError, RuntimeError):
     """A worker process of a multi-device pool failed; carries the worker's device and traceback."""
 

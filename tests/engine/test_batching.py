@@ -120,3 +120,17 @@ def test_token_budget_defaults_by_device_and_respects_what_is_given() -> None:
     assert default_token_budget({}, gpu, 16384) == 16384
     assert default_token_budget({"max_tokens_per_batch": "2048"}, cpu, 16384) == 2048
     assert default_token_budget({"max_tokens_per_batch": None}, gpu, 16384) is None
+
+
+def test_non_finite_outputs_name_their_input_positions() -> None:
+    from bgekit.errors import NonFiniteOutputError
+
+    def step(indices: list[int]) -> dict:
+        vecs = np.array([[np.inf if i == 3 else 0.0] for i in indices])
+        sparse = [(np.array([1]), np.array([np.nan if i == 0 else 1.0], np.float32)) for i in indices]
+        return {"dense": vecs, "sparse": sparse}
+
+    engine = BatchEngine(batch_size=8, position_offset=100)
+    with pytest.raises(NonFiniteOutputError, match=r"position\(s\) \[100, 103\]") as info:
+        engine.run([1, 1, 1, 1], step)
+    assert info.value.positions == [100, 103]

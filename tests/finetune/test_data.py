@@ -62,6 +62,16 @@ def test_teacher_scores_of_wrong_length_name_the_line(tmp_path: Path) -> None:
     assert len(load_sources(path)[0].rows) == 3
 
 
+@pytest.mark.parametrize(("field", "literal"), [("pos_scores", "NaN"), ("neg_scores", "-Infinity")])
+def test_non_finite_teacher_scores_name_the_line(tmp_path: Path, field: str, literal: str) -> None:
+    # json.dumps writes NaN/Infinity literals and json.loads reads them back: what a broken teacher leaves
+    bad = dict(ROW, **{field: [float(literal.replace("Infinity", "inf"))] + ROW[field][1:]})
+    path = write(tmp_path / "kd.jsonl", [ROW, bad])
+    assert literal in Path(path).read_text(encoding="utf-8")
+    with pytest.raises(DataFormatError, match=rf"kd.jsonl:2: field '{field}' holds .* at index 0; .* finite"):
+        load_sources(path, knowledge_distillation=True)
+
+
 def test_few_negatives_sampled_with_repetition_and_warned(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

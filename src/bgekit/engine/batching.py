@@ -8,12 +8,15 @@ progress, and returns every output in input order.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from bgekit.errors import NonFiniteOutputError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class BatchEngine:
         show_progress: ``True``/``False``, or ``None`` for a bar on long inputs only.
         desc: the progress bar's label.
         grow_after: successful batches after a back-off before the budget doubles again.
+        position_offset: added to the input positions an error names (the inputs are a slice of a larger
+            call starting there, as a device-pool worker's are).
 
     Example:
         >>> engine = BatchEngine(batch_size=2)
@@ -70,6 +75,7 @@ class BatchEngine:
         show_progress: bool | None = None,
         desc: str = "Batches",
         grow_after: int = 8,
+        position_offset: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is not valid; expected >= 1")
@@ -81,6 +87,7 @@ class BatchEngine:
         self.show_progress = show_progress
         self.desc = desc
         self.grow_after = grow_after
+        self.position_offset = position_offset
         self.backoffs = 0
         """How many times the last ``run`` shrank a batch after an out-of-memory error."""
 
@@ -104,6 +111,9 @@ class BatchEngine:
 
         Returns:
             The outputs of every input, in input order, in the same structure ``step`` returns.
+
+        Raises:
+            NonFiniteOutputError: ``step`` returned NaN or infinite floats, naming the inputs that gave them.
         """
         n = len(lengths)
         if n == 0:
@@ -135,6 +145,7 @@ class BatchEngine:
                     )
                     _free_cached_memory()
                     continue
+                check_finite(output, indices, self.position_offset)
                 chunks.append((indices, output))
                 bar.update(len(indices))
                 start = end
@@ -143,6 +154,57 @@ class BatchEngine:
                     if good_since_backoff >= self.grow_after:
                         scale, good_since_backoff = min(1.0, scale * 2), 0
         return assemble(chunks, n)
+
+
+def check_finite(output: Any, indices: Sequence[int], offset: int = 0) -> None:
+    """Raise NonFiniteOutputError naming the inputs whose outputs hold NaN or infinite floats.
+
+    ``output`` is one batch's step output (per-item tensors or arrays, lists of them or of tuples of them,
+    or dicts of those); ``indices`` are the batch's input positions, ``offset`` is added to them.
+
+    Example:
+        >>> check_finite(np.array([[0.5], [np.nan]]), [4, 7])
+        Traceback (most recent call last):
+        ...
+        bgekit.errors.NonFiniteOutputError: the model returned NaN or infinite values for the input(s) at position(s) [7] ...
+    """
+    bad = sorted(offset + indices[row] for row in _non_finite_rows(output, len(indices)))
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
+        raise NonFiniteOutputError(
+            f"the model returned NaN or infinite values for the input(s) at position(s) [{shown}] "
+            "(often a float16 overflow: try dtype='bf16' or 'fp32'; else check the model's weights)",
+            bad,
+        )
+
+
+def _non_finite_rows(output: Any, n: int) -> set[int]:
+    if isinstance(output, dict):
+        return set().union(*(_non_finite_rows(value, n) for value in output.values()))
+    if isinstance(output, torch.Tensor):
+        if not output.is_floating_point() or output.ndim == 0:
+            return set()
+        finite = torch.isfinite(output).reshape(len(output), -1).all(dim=1)
+        return set(torch.nonzero(~finite).flatten().tolist())
+    if isinstance(output, np.ndarray):
+        if not np.issubdtype(output.dtype, np.floating) or output.ndim == 0:
+            return set()
+        return set(np.flatnonzero(~np.isfinite(output.reshape(len(output), -1)).all(axis=1)).tolist())
+    if isinstance(output, list) and len(output) == n:
+        return {row for row, item in enumerate(output) if _has_non_finite(item)}
+    return set()
+
+
+def _has_non_finite(item: Any) -> bool:
+    if isinstance(item, tuple | list):
+        return any(_has_non_finite(part) for part in item)
+    if isinstance(item, torch.Tensor):
+        return item.is_floating_point() and not bool(torch.isfinite(item).all())
+    if isinstance(item, np.ndarray):
+        return np.issubdtype(item.dtype, np.floating) and not bool(np.isfinite(item).all())
+    if isinstance(item, float):
+        return not math.isfinite(item)
+    return False
 
 
 def _free_cached_memory() -> None:

@@ -94,6 +94,14 @@ def _check_scores(row: dict[str, Any], name: str, texts: str, path: str, line: i
         raise DataFormatError(
             f"field {name!r} must be a list of numbers (needed by knowledge distillation)", path, line
         )
+    # Python's json reads the NaN and Infinity literals; one such score turns the distillation loss into NaN
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise DataFormatError(
+            f"field {name!r} holds {scores[bad[0]]!r} at index {bad[0]}; teacher scores must be finite numbers",
+            path,
+            line,
+        )
     if len(scores) != len(row[texts]):
         raise DataFormatError(
             f"field {name!r} has {len(scores)} scores but {texts!r} has {len(row[texts])} passages",

@@ -499,7 +499,7 @@ class Embedder:
         if len(self.devices) > 1 and len(texts) > 1:
             ranges = split_evenly(len(texts), len(self.devices) * 4)
             parts = self._get_pool().map(
-                "_encode_local", [(texts[a:b], max_length, batch_size, False, heads) for a, b in ranges]
+                "_encode_local", [(texts[a:b], max_length, batch_size, False, heads, a) for a, b in ranges]
             )
             if heads is not None:
                 result = (
@@ -564,6 +564,7 @@ class Embedder:
         batch_size: int,
         show_progress: bool | None,
         heads: tuple[bool, bool, bool] | None = None,
+        position_offset: int = 0,
     ) -> Any:
         if not texts:
             if heads is None:
@@ -574,7 +575,11 @@ class Embedder:
                 "colbert_vecs": [] if heads[2] else None,
             }
         return self.encode_features(
-            self.tokenize(texts, max_length), heads, batch_size=batch_size, show_progress=show_progress
+            self.tokenize(texts, max_length),
+            heads,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            position_offset=position_offset,
         )
 
     def encode_features(
@@ -585,12 +590,14 @@ class Embedder:
         normalize: bool | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = False,
+        position_offset: int = 0,
     ) -> Any:
         """Run the model on tokenized texts (see :meth:`tokenize`) on this process's device.
 
         Args:
             heads: ``None`` for dense vectors, or BGE-M3's (dense, sparse, ColBERT) flags.
             normalize: L2-normalise dense vectors (default: the model's setting).
+            position_offset: added to the positions an error names (``features`` are a slice from there).
 
         Returns:
             A float32 (n, dim) array, or for ``heads`` a dict of ``dense_vecs``, ``lexical_weights``
@@ -640,6 +647,7 @@ class Embedder:
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=show_progress,
             desc="Encoding",
+            position_offset=position_offset,
         )
         outputs = engine.run([len(f["input_ids"]) for f in features], step)
         if heads is None:

@@ -129,11 +129,14 @@ def lexical_weights(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per input: the token ids present and their weight, the largest ReLU weight over their positions.
 
-    Ids in ``unused_ids`` (FlagEmbedding drops CLS, EOS, PAD and UNK) and weights that are not > 0 are left
-    out, as in FlagEmbedding's ``BGEM3FlagModel``. Ids come back sorted, as int64, weights as float32.
+    Ids in ``unused_ids`` (FlagEmbedding drops CLS, EOS, PAD and UNK) and weights <= 0 are left out, as in
+    FlagEmbedding's ``BGEM3FlagModel`` (a NaN weight is kept, for the engine to refuse). Ids come back
+    sorted, as int64, weights as float32.
     """
     weights = torch.relu(sparse_linear(hidden.float())).squeeze(-1)
-    keep = attention_mask.bool() & (weights > 0) & ~torch.isin(input_ids, unused_ids.to(input_ids.device))
+    # ~(w <= 0) rather than w > 0: a NaN weight is kept, so the batching engine refuses it instead of
+    # the token silently vanishing from the sparse vector
+    keep = attention_mask.bool() & ~(weights <= 0) & ~torch.isin(input_ids, unused_ids.to(input_ids.device))
     rows, cols = keep.nonzero(as_tuple=True)
     ids = input_ids[rows, cols].long()
     values = weights[rows, cols]

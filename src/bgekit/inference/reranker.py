@@ -404,7 +404,8 @@ class Reranker:
         if len(self.devices) > 1 and len(pairs) > 1:
             ranges = split_evenly(len(pairs), len(self.devices) * 4)
             parts = self._get_pool().map(
-                "_score_local", [(pairs[a:b], {**options, "show_progress": False}) for a, b in ranges]
+                "_score_local",
+                [(pairs[a:b], {**options, "show_progress": False, "position_offset": a}) for a, b in ranges],
             )
             logits = np.concatenate(parts, axis=0)
         else:
@@ -542,6 +543,7 @@ class Reranker:
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=options["show_progress"],
             desc="Reranking",
+            position_offset=int(options.get("position_offset", 0)),
         )
         out = engine.run([len(f["input_ids"]) for f in features], step)
         return out.numpy().astype(np.float32)
