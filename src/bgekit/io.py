@@ -14,6 +14,37 @@ import numpy as np
 from bgekit.errors import DataFormatError
 
 
+def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a UTF-8 text file; bytes that are not UTF-8 name file and line.
+
+    Example:
+        >>> for line_no, line in iter_text_lines("qrels.tsv"): ...   # doctest: +SKIP
+    """
+    line_no = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                yield line_no, line
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, exc, line_no + 1) from exc
+
+
+def _utf8_error(path: str, exc: UnicodeDecodeError, near_line: int) -> DataFormatError:
+    # the decoder works on blocks, so its offset is not a line: find the first line that does not decode
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                byte = raw[bad.start : bad.start + 1].hex()
+                return DataFormatError(
+                    f"not valid UTF-8 (byte 0x{byte} at column {bad.start + 1}); save the file as UTF-8",
+                    path,
+                    line_no,
+                )
+    return DataFormatError(f"not valid UTF-8 ({exc.reason}); save the file as UTF-8", path, near_line)
+
+
 def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, object)`` for each non-blank line; a malformed line names file and line.
 
@@ -22,16 +53,13 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
     """
     if not os.path.isfile(path):
         raise DataFormatError("file not found", path)
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(
-                    f"invalid JSON ({exc.msg} at column {exc.colno})", path, line_no
-                ) from exc
+    for line_no, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"invalid JSON ({exc.msg} at column {exc.colno})", path, line_no) from exc
 
 
 def read_jsonl(path: str) -> list[Any]:

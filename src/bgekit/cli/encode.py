@@ -21,7 +21,7 @@ from typing import Any
 
 from bgekit.cli.ray_options import add_ray_arguments, ray_kwargs
 from bgekit.errors import ConfigError, DataFormatError
-from bgekit.io import iter_jsonl, save_npy_atomic
+from bgekit.io import iter_jsonl, iter_text_lines, save_npy_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +56,7 @@ def read_texts(path: str, queries: bool) -> list[Any]:
     if path.endswith(".txt"):
         if not os.path.isfile(path):
             raise DataFormatError("file not found", path)
-        with open(path, encoding="utf-8") as handle:
-            return [line.rstrip("\n") for line in handle]
+        return [line.rstrip("\n") for _, line in iter_text_lines(path)]
     items: list[Any] = []
     for line_no, row in iter_jsonl(path):
         if isinstance(row, str):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bgekit.errors import DataFormatError, InputError
-from bgekit.io import iter_jsonl
+from bgekit.io import iter_jsonl, iter_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -202,21 +202,20 @@ def read_qrels_tsv(path: str) -> dict[str, dict[str, int]]:
     if not os.path.isfile(path):
         raise DataFormatError(f"qrels file not found; {BEIR_LAYOUT_HELP}", path)
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-            parts = [p.strip() for p in parts]
-            if len(parts) == 4:
-                parts = [parts[0], parts[2], parts[3]]
-            if len(parts) != 3:
-                raise DataFormatError(
-                    f"expected 3 columns (query-id, corpus-id, score), got {len(parts)}", path, line_no
-                )
-            if line_no == 1 and not _looks_numeric(parts[2]):
-                continue  # header
-            qrels.setdefault(parts[0], {})[parts[1]] = _parse_relevance(parts[2], path, line_no)
+    for line_no, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+        parts = [p.strip() for p in parts]
+        if len(parts) == 4:
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            raise DataFormatError(
+                f"expected 3 columns (query-id, corpus-id, score), got {len(parts)}", path, line_no
+            )
+        if line_no == 1 and not _looks_numeric(parts[2]):
+            continue  # header
+        qrels.setdefault(parts[0], {})[parts[1]] = _parse_relevance(parts[2], path, line_no)
     return qrels
 
 

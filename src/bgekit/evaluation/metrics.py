@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bgekit.errors import ConfigError, DataFormatError, InputError
+from bgekit.io import iter_text_lines
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
@@ -192,18 +193,17 @@ def read_trec_run(path: str) -> dict[str, dict[str, float]]:
     if not os.path.isfile(path):
         raise DataFormatError("run file not found", path)
     run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 6:
-                raise DataFormatError(
-                    f"expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}", path, line_no
-                )
-            try:
-                score = float(parts[4])
-            except ValueError:
-                raise DataFormatError(f"score {parts[4]!r} is not a number", path, line_no) from None
-            run.setdefault(parts[0], {})[parts[2]] = score
+    for line_no, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 6:
+            raise DataFormatError(
+                f"expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}", path, line_no
+            )
+        try:
+            score = float(parts[4])
+        except ValueError:
+            raise DataFormatError(f"score {parts[4]!r} is not a number", path, line_no) from None
+        run.setdefault(parts[0], {})[parts[2]] = score
     return run

@@ -602,9 +602,19 @@ class Embedder:
         Returns:
             A float32 (n, dim) array, or for ``heads`` a dict of ``dense_vecs``, ``lexical_weights``
             (per text: sorted token ids and their weights) and ``colbert_vecs`` (``None`` where not asked).
+
+        Raises:
+            InputError: a text gave no tokens at all, naming its position.
         """
         if not features:
             return self._encode_local([], 0, 1, False, heads)
+        empty = [position_offset + i for i, f in enumerate(features) if not f["input_ids"]]
+        if empty:
+            # pooling over a row of nothing but padding would give a vector of padding, not of the text
+            raise InputError(
+                f"the text(s) at position(s) {empty[:10]} tokenize to no tokens at all (an empty text, with "
+                "a tokenizer that adds no special tokens): give them content or leave them out"
+            )
         model = self._load_model()
         pad_id = int(self.tokenizer.pad_token_id)
         side = self.tokenizer.padding_side
