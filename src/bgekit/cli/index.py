@@ -20,6 +20,7 @@ import shutil
 import sys
 from typing import Any
 
+from bgekit.cli.ann_options import add_ann_arguments, ann_of
 from bgekit.cli.ray_options import add_ray_arguments, ray_kwargs
 
 
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true")
     add_ray_arguments(parser)
+    add_ann_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.output is None) == (args.store is None):
         raise ConfigError("give one of --output (an index folder) and --store (a Milvus URI)")
+    ann = ann_of(args)  # checked before the model loads
+    if args.store is not None and not ann.exact:
+        raise ConfigError("--ann builds an index folder (--output); a Milvus store makes its own indexes")
     embedder = Embedder(
         args.model,
         dtype=args.dtype,
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             checkpoint_dir=partial,
             show_progress=not args.no_progress,
+            ann=ann,
         )
     finally:
         embedder.close()
@@ -130,6 +136,7 @@ def _index_through_ray(args: argparse.Namespace, embedder: Any) -> int:
             **ray_kwargs(args),
         )
         index = build_search_index(embedder, shards)
+        index.set_ann(ann_of(args))
     finally:
         embedder.close()
     index.save(args.output)
