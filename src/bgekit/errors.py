@@ -26,6 +26,11 @@ class ModelLoadError(BgekitError, OSError):
     """A model folder or hub name that cannot be loaded: names the path and the files expected."""
 
 
+class RemoteCodeError(ModelLoadError, ConfigError):
+    """A checkpoint whose model code ships with it (``auto_map`` in config.json), loaded without
+    ``trust_remote_code=True``: a load error, and a setting to change."""
+
+
 class DataFormatError(BgekitError, ValueError):
     """A data file that cannot be parsed: names the file, line and field.
 

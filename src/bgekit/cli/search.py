@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rerank-top-k", type=int, default=100)
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run code shipped with the checkpoints"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per query")
 
 
@@ -59,7 +62,9 @@ def second_stage(args: argparse.Namespace, index: Any) -> Any:
                 "--m3-rescore reranks with the index's own BGE-M3 model: give --index, not --reranker"
             )
         return M3Rescorer(index.embedder)
-    return Reranker(args.reranker, dtype=args.dtype) if args.reranker else None
+    if not args.reranker:
+        return None
+    return Reranker(args.reranker, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,13 +73,18 @@ def run(args: argparse.Namespace) -> int:
     if (args.index is None) == (args.store is None):
         raise ConfigError("give one of --index (an index folder) and --store (a Milvus URI)")
     if args.store is None:
-        index: Any = SearchIndex.load(args.index, dtype=args.dtype)
+        index: Any = SearchIndex.load(args.index, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
         options: dict[str, Any] = search_knobs(args)
     else:
         from bgekit.stores import MilvusStore
 
         index = MilvusStore.open(
-            args.store, args.model, collection=args.collection, token=args.token, dtype=args.dtype
+            args.store,
+            args.model,
+            collection=args.collection,
+            token=args.token,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
         )
         options = {"fusion": args.fusion}
     try:

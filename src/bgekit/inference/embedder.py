@@ -26,6 +26,7 @@ from bgekit.inference.heads import (
 from bgekit.inference.inputs import apply_instruction, as_corpus_list, as_text_list
 from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models.loading import (
+    load_config,
     load_pretrained,
     load_tokenizer,
     model_max_length,
@@ -144,9 +145,7 @@ class Embedder:
         self.trust_remote_code = bool(kwargs.get("trust_remote_code", False))
         self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
         self.show_progress = kwargs.get("show_progress")
-        from transformers import AutoConfig
-
-        self.config = AutoConfig.from_pretrained(self.folder, trust_remote_code=self.trust_remote_code)
+        self.config = load_config(self.folder, trust_remote_code=self.trust_remote_code)
         self._apply_kind_defaults()
         llm = self.settings.kind in LLM_KINDS
         self.adapter = self._check_adapter(kwargs.get("adapter"))

@@ -9,7 +9,6 @@ code), all through the one batching engine and device pool the embedders use.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +35,7 @@ from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranke
 from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models import reranker_registry
 from bgekit.models.loading import (
+    load_config,
     load_pretrained,
     load_tokenizer,
     resolve_model_folder,
@@ -196,24 +196,7 @@ class Reranker:
 
     # ----------------------------------------------------------------------------------------- loading
     def _load_config(self) -> Any:
-        from transformers import AutoConfig
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-        path = os.path.join(self.folder, "config.json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                raw = json.load(handle)
-            model_type = raw.get("model_type")
-            if raw.get("auto_map") and model_type not in CONFIG_MAPPING and not self.trust_remote_code:
-                raise ConfigError(
-                    f"{self.folder!r} is a {model_type!r} model whose code ships with the checkpoint (auto_map in "
-                    f"config.json), and transformers has no built-in {model_type!r}; pass trust_remote_code=True "
-                    f"to run that code (read it first: it runs on your machine)"
-                )
-        try:
-            return AutoConfig.from_pretrained(self.folder, trust_remote_code=self.trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not read the model configuration of {self.folder!r}: {exc}") from exc
+        return load_config(self.folder, trust_remote_code=self.trust_remote_code)
 
     def _check_position_limit(self) -> None:
         positions = getattr(self.config, "max_position_embeddings", None)

