@@ -128,9 +128,12 @@ def test_rank_is_sorted_compute_score_with_ties_in_input_order(bert_reranker: Re
     expected = sorted(range(len(passages)), key=lambda i: (-scores[i], i))
     assert [i for i, _ in ranked] == expected
     assert [s for _, s in ranked] == pytest.approx([scores[i] for i in expected], abs=1e-6)
-    # the panda passage appears at 0, 3 and 6: tied scores keep input order
+    # the panda passage appears at 0, 3 and 6 and scores the same (to the last bits where the CPU's kernels
+    # compute identical rows identically: an AVX512-BF16 EPYC differs in the 7th digit); exact ties keep
+    # input order, which the first assertion checks whatever the kernels give
     panda = [i for i, _ in ranked if passages[i].startswith("The giant panda")]
-    assert panda == [0, 3, 6]
+    assert sorted(panda) == [0, 3, 6]
+    assert max(scores[i] for i in panda) - min(scores[i] for i in panda) < 1e-5
     assert bert_reranker.rank("what is a panda?", passages, top_k=2) == ranked[:2]
     assert bert_reranker.rank("what is a panda?", []) == []
 
