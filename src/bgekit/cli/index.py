@@ -16,12 +16,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from typing import Any
 
 from bgekit.cli.ann_options import add_ann_arguments, ann_of
 from bgekit.cli.ray_options import add_ray_arguments, ray_kwargs
+
+CHECKPOINT_MARKER = "build.json"
+"""What a build checkpoint folder of ``SearchIndex.build`` holds first (see ``search_index._Checkpoint``)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true", help="run code shipped with the checkpoint"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the index already in --output (never another folder)",
+    )
     add_ray_arguments(parser)
     add_ann_arguments(parser)
 
@@ -59,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     ann = ann_of(args)  # checked before the model loads
     if args.store is not None and not ann.exact:
         raise ConfigError("--ann builds an index folder (--output); a Milvus store makes its own indexes")
+    if args.output is not None:
+        check_output(args.output, overwrite=getattr(args, "overwrite", False))
     embedder = Embedder(
         args.model,
         dtype=args.dtype,
@@ -88,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         embedder.close()
     index.save(args.output)
-    shutil.rmtree(partial, ignore_errors=True)
+    remove_checkpoint(partial)
     resumed = index.info.get("chunks_resumed", 0)
     print(
         f"indexed {len(index)} documents ({', '.join(index.modes)}) -> {args.output} in "
@@ -96,6 +107,35 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def check_output(output: str, *, overwrite: bool) -> None:
+    """Refuse an ``--output`` that holds anything unless ``--overwrite`` (and then only an index: saving
+    never replaces another folder), and a ``.partial`` folder that is not a build checkpoint of ours.
+
+    Example:
+        >>> check_output("/nonexistent/index", overwrite=False)
+    """
+    from bgekit.errors import ConfigError
+    from bgekit.index.search_index import META_FILE
+
+    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        if not os.path.isfile(os.path.join(output, META_FILE)):
+            raise ConfigError(f"--output {output} exists and is not a bgekit index; choose another folder")
+        if not overwrite:
+            raise ConfigError(f"--output {output} already holds an index; pass --overwrite to replace it")
+    partial = output.rstrip("/") + ".partial"
+    if os.path.exists(partial) and not os.path.isfile(os.path.join(partial, CHECKPOINT_MARKER)):
+        raise ConfigError(
+            f"{partial} exists and is not a build checkpoint of bgekit (no {CHECKPOINT_MARKER}); "
+            "move it away, since bgekit keeps its checkpoint there and deletes it when done"
+        )
+
+
+def remove_checkpoint(partial: str) -> None:
+    """Delete a build checkpoint folder, and only one that bgekit made (it holds the build marker)."""
+    if os.path.isfile(os.path.join(partial, CHECKPOINT_MARKER)):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _index_into_store(args: argparse.Namespace, embedder: Any) -> int:
