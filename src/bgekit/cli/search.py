@@ -67,26 +67,30 @@ def second_stage(args: argparse.Namespace, index: Any) -> Any:
     return Reranker(args.reranker, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
 
-def run(args: argparse.Namespace) -> int:
+def open_searchable(args: argparse.Namespace) -> Any:
+    """The index folder (``--index``) or Milvus collection (``--store``) that search and serve read; with a
+    store, ``--model`` (when given) embeds the queries, checked against the model that wrote it."""
     from bgekit.index import SearchIndex
 
+    if args.store is None:
+        return SearchIndex.load(args.index, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    from bgekit.stores import MilvusStore
+
+    return MilvusStore.open(
+        args.store,
+        args.model,
+        collection=args.collection,
+        token=args.token,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
     if (args.index is None) == (args.store is None):
         raise ConfigError("give one of --index (an index folder) and --store (a Milvus URI)")
-    if args.store is None:
-        index: Any = SearchIndex.load(args.index, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-        options: dict[str, Any] = search_knobs(args)
-    else:
-        from bgekit.stores import MilvusStore
-
-        index = MilvusStore.open(
-            args.store,
-            args.model,
-            collection=args.collection,
-            token=args.token,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-        )
-        options = {"fusion": args.fusion}
+    index = open_searchable(args)
+    options: dict[str, Any] = search_knobs(args) if args.store is None else {"fusion": args.fusion}
     try:
         reranker = second_stage(args, index)
         results = index.search(

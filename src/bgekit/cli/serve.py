@@ -121,8 +121,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def build_app(args: argparse.Namespace) -> Any:
     from bgekit import Embedder
-    from bgekit.cli.search import second_stage
-    from bgekit.index import SearchIndex
+    from bgekit.cli.search import open_searchable, second_stage
     from bgekit.serve import create_app
 
     if not (args.index or args.store or args.model or args.reranker):
@@ -133,20 +132,8 @@ def build_app(args: argparse.Namespace) -> Any:
     trust = bool(args.trust_remote_code)
     index: Any = None
     embedder = None
-    if args.index:
-        index = SearchIndex.load(args.index, dtype=args.dtype, trust_remote_code=trust)
-    elif args.store:
-        from bgekit.stores import MilvusStore
-
-        # --model, when given, is the embedder of the store's queries (checked against the one that wrote it)
-        index = MilvusStore.open(
-            args.store,
-            args.model,
-            collection=args.collection,
-            token=args.token,
-            dtype=args.dtype,
-            trust_remote_code=trust,
-        )
+    if args.index or args.store:
+        index = open_searchable(args)
     elif args.model:
         embedder = Embedder(args.model, dtype=args.dtype, trust_remote_code=trust)
     return create_app(index, embedder=embedder, reranker=second_stage(args, index), config=config)

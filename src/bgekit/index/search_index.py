@@ -485,7 +485,7 @@ class SearchIndex:
             for rows_p, rows_s in zip(positions, scores, strict=True)
         ]
         if reranker is not None:
-            results = self._rerank(reranker, texts, results, top_k)
+            results = rerank_hits(reranker, texts, results, top_k)
         results = [hits[:top_k] for hits in results]
         return results[0] if single else results
 
@@ -603,30 +603,6 @@ class SearchIndex:
                 out_p.append(best[order].tolist())
                 out_s.append(row[best[order]].tolist())
         return out_p, out_s
-
-    def _rerank(
-        self, reranker: Any, texts: list[str], results: list[list[Hit]], top_k: int
-    ) -> list[list[Hit]]:
-        pairs = [
-            (query, corpus_item_text({"title": hit.title, "text": hit.text}, 0))
-            for query, hits in zip(texts, results, strict=True)
-            for hit in hits
-        ]
-        scores = [float(s) for s in reranker.compute_score(pairs)] if pairs else []
-        if len(scores) != len(pairs):
-            raise InputError(f"the reranker returned {len(scores)} scores for {len(pairs)} pairs")
-        reranked: list[list[Hit]] = []
-        offset = 0
-        for hits in results:
-            own = scores[offset : offset + len(hits)]
-            offset += len(hits)
-            reranked.append(
-                [
-                    Hit(hits[i].id, own[i], hits[i].title, hits[i].text, retrieval_score=hits[i].score)
-                    for i in ranked_indices(own, top_k)  # equal reranker scores keep the retrieval order
-                ]
-            )
-        return reranked
 
     def recall(
         self,
@@ -1031,3 +1007,29 @@ def _check_index_shapes(folder: str, meta: dict[str, Any], n_docs: int, dense: A
     if sparse is not None and sparse.shape[0] != n_docs:
         path = os.path.join(folder, "sparse.npz")
         raise DataFormatError(f"has {sparse.shape[0]} rows but {documents} holds {n_docs} documents", path)
+
+
+def rerank_hits(reranker: Any, texts: list[str], results: list[list[Hit]], top_k: int) -> list[list[Hit]]:
+    """Rescore each query's hits with ``reranker`` (anything with ``compute_score(pairs)``), best first; equal
+    reranker scores keep the retrieval order and the first-stage score is kept as ``retrieval_score``. Shared
+    by every searchable (``SearchIndex``, ``MilvusStore``)."""
+    pairs = [
+        (query, corpus_item_text({"title": hit.title, "text": hit.text}, 0))
+        for query, hits in zip(texts, results, strict=True)
+        for hit in hits
+    ]
+    scores = [float(s) for s in reranker.compute_score(pairs)] if pairs else []
+    if len(scores) != len(pairs):
+        raise InputError(f"the reranker returned {len(scores)} scores for {len(pairs)} pairs")
+    reranked: list[list[Hit]] = []
+    offset = 0
+    for hits in results:
+        own = scores[offset : offset + len(hits)]
+        offset += len(hits)
+        reranked.append(
+            [
+                Hit(hits[i].id, own[i], hits[i].title, hits[i].text, retrieval_score=hits[i].score)
+                for i in ranked_indices(own, top_k)  # equal reranker scores keep the retrieval order
+            ]
+        )
+    return reranked

@@ -41,9 +41,9 @@ from bgekit.index.search_index import (
     _has_sparse_head,
     documents_of,
     model_identity,
+    rerank_hits,
 )
 from bgekit.inference.inputs import as_text_list, corpus_item_text
-from bgekit.inference.reranker import ranked_indices
 from bgekit.optional import require_pymilvus
 
 Fusion = Literal["weighted", "rrf"]
@@ -723,7 +723,7 @@ class MilvusStore:
             for row in found
         ]
         if reranker is not None:
-            results = _rerank(reranker, texts, results, top_k)
+            results = rerank_hits(reranker, texts, results, top_k)
         results = [hits[:top_k] for hits in results]
         return results[0] if single else results
 
@@ -788,31 +788,6 @@ class MilvusStore:
                 )
             )
         return found
-
-
-def _rerank(reranker: Any, texts: list[str], results: list[list[Hit]], top_k: int) -> list[list[Hit]]:
-    """Rescore each query's hits with ``reranker``: the same rule as ``SearchIndex._rerank`` (equal reranker
-    scores keep the retrieval order; the first-stage score kept as ``retrieval_score``)."""
-    pairs = [
-        (query, corpus_item_text({"title": hit.title, "text": hit.text}, 0))
-        for query, hits in zip(texts, results, strict=True)
-        for hit in hits
-    ]
-    scores = [float(s) for s in reranker.compute_score(pairs)] if pairs else []
-    if len(scores) != len(pairs):
-        raise InputError(f"the reranker returned {len(scores)} scores for {len(pairs)} pairs")
-    reranked: list[list[Hit]] = []
-    offset = 0
-    for hits in results:
-        own = scores[offset : offset + len(hits)]
-        offset += len(hits)
-        reranked.append(
-            [
-                Hit(hits[i].id, own[i], hits[i].title, hits[i].text, retrieval_score=hits[i].score)
-                for i in ranked_indices(own, top_k)
-            ]
-        )
-    return reranked
 
 
 def _create_collection(
