@@ -238,6 +238,8 @@ def main() -> None:
         f"resident memory: settled {settled:,.0f} MiB after warm-up, highest {highest:,.0f} MiB "
         f"({highest / settled - 1:+.1%}); first sample {memory[0][1]:,.0f} MiB"
     )
+    minute_marks = [m for t, m in memory if int(t) % 60 < 5]  # one sample a minute
+    print("resident memory by minute (MiB): " + " ".join(f"{m:,.0f}" for m in minute_marks))
     for failure in failures[:20]:
         print("FAIL", failure)
     ok = not failures and not five_xx and highest <= 1.10 * settled

@@ -9,8 +9,8 @@ Routes (only those whose model is loaded are served):
 - ``GET /info``, ``GET /health`` (503 until the model has answered a warm-up forward pass), ``GET /metrics``
   (Prometheus).
 
-Requests are validated by pydantic (422 naming the field), tokenized on a thread pool (one tokenizer call
-at a time: fast tokenizers are not re-entrant), and queued for the one model worker, which batches many
+Requests are validated by pydantic (422 naming the field), tokenized on one tokenizer thread (fast tokenizers
+are not re-entrant), and queued for the one model worker, which batches many
 requests' texts into one engine call (``bgekit.serve.worker``). Limits, the API key and the Host check are
 middleware (``bgekit.serve.middleware``) configured by :class:`~bgekit.serve.config.ServerConfig`. Client
 mistakes get a 4xx naming the problem; server faults a 500 with a generic message, logged in full.
@@ -23,9 +23,9 @@ import base64
 import contextlib
 import logging
 import os
-import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -124,7 +124,9 @@ def create_app(
     if embedder is not None and config.max_input_length is not None:
         input_limit = min(config.max_input_length, embedder.max_length_limit)
     metrics = ServerMetrics()
-    tokenizer_lock = threading.Lock()
+    # one tokenizer thread, off the event loop and the model's thread: fast tokenizers are not re-entrant,
+    # and a pool of threads would each grow a malloc arena of their own
+    tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="bgekit-tokenizer")
     max_texts, max_top = config.max_client_batch_size, config.max_top_k
 
     # ----------------------------------------------------------------------- what the worker runs
@@ -176,6 +178,7 @@ def create_app(
         yield
         # uvicorn has let requests in flight finish (graceful_timeout); stop after what is queued
         await run_in_threadpool(worker.stop, config.graceful_timeout)
+        tokenizer_thread.shutdown(wait=False)
 
     app = fastapi.FastAPI(
         title="bgekit",
@@ -243,8 +246,7 @@ def create_app(
         started = time.perf_counter()
         prepared, limit = embedder.prepare(texts, kind, input_limit)
         cut = config.auto_truncate if truncate is None else truncate
-        with tokenizer_lock:
-            features = embedder.tokenize(prepared, limit, truncate=cut)
+        features = embedder.tokenize(prepared, limit, truncate=cut)
         if not cut:
             for i, feature in enumerate(features):
                 if len(feature["input_ids"]) > limit:
@@ -258,7 +260,8 @@ def create_app(
 
     async def tokenize(texts: list[str], kind: str, truncate: bool | None, field: str) -> list[Any]:
         check_texts(texts, field)
-        return await run_in_threadpool(features_of, texts, kind, truncate, field)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(tokenizer_thread, features_of, texts, kind, truncate, field)
 
     async def submit(request: Any, key: Any, items: list[Any], tokens: int) -> list[Any]:
         """Queue ``items`` for the worker; wait for them, the request timeout or the client leaving."""
@@ -562,7 +565,7 @@ def create_app(
     routes += ["/info", "/health", "/metrics"]
 
     @app.get("/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         """What this server runs: models, dimensions, limits."""
         body: dict[str, Any] = {"routes": routes, "version": _version()}
         if embedder is not None:
@@ -593,7 +596,7 @@ def create_app(
         return body
 
     @app.get("/health")
-    def health() -> Any:
+    async def health() -> Any:
         """200 once the model has answered a warm-up forward pass; 503 before, or if it failed."""
         worker.start()
         if worker.failed is not None or (worker.ready.is_set() and not worker.alive):
@@ -603,7 +606,7 @@ def create_app(
         return {"status": "ok", "queue_depth": worker.depth}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus_metrics() -> Any:
+    async def prometheus_metrics() -> Any:
         """Prometheus exposition text."""
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
