@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=1000, help="SciFact documents in the index")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-env", nargs="*", default=[], help="KEY=VALUE for the server process")
     args = parser.parse_args()
 
     import httpx
@@ -100,7 +101,8 @@ def main() -> None:
     command += ["--reranker", str(reranker_dir), "--port", str(port), "--max-client-batch-size", "64"]
     command += ["--payload-limit", "200000"]
     log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(command, env=server_env(args.threads), stdout=log, stderr=subprocess.STDOUT)
+    env = {**server_env(args.threads), **dict(item.split("=", 1) for item in args.server_env)}
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while True:
