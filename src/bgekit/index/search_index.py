@@ -450,17 +450,7 @@ class SearchIndex:
             ConfigError: a mode this index cannot serve, a bad ``top_k`` or weight.
         """
         texts, single = as_text_list(queries, "queries")
-        mode = mode or ("hybrid" if len(self.modes) == 3 else self.modes[0])  # type: ignore[assignment]
-        if mode not in MODES:
-            raise ConfigError(f"mode={mode!r} is not valid; choose one of {list(MODES)}")
-        if mode not in self.modes:
-            raise ConfigError(
-                f"mode={mode!r} needs {mode} data this index does not have; it supports {self.modes}"
-            )
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if reranker is not None and (not isinstance(rerank_top_k, int) or rerank_top_k < 1):
-            raise ConfigError(f"rerank_top_k must be an integer >= 1, got {rerank_top_k!r}")
+        mode = checked_search_args(self.modes, mode, top_k, reranker, rerank_top_k, "index")
         mixed = dict(DEFAULT_WEIGHTS)
         for key, value in (weights or {}).items():
             if key not in DEFAULT_WEIGHTS:
@@ -1033,3 +1023,20 @@ def rerank_hits(reranker: Any, texts: list[str], results: list[list[Hit]], top_k
             ]
         )
     return reranked
+
+
+def checked_search_args(
+    modes: Sequence[str], mode: Any, top_k: Any, reranker: Any, rerank_top_k: Any, holder: str
+) -> Mode:
+    """The search mode to use (``mode``, else hybrid where there is sparse data, else the one mode), after
+    checking it, ``top_k`` and ``rerank_top_k`` for every searchable (``holder``: "index", "store")."""
+    mode = mode or ("hybrid" if len(modes) == 3 else modes[0])
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r} is not valid; choose one of {list(MODES)}")
+    if mode not in modes:
+        raise ConfigError(f"mode={mode!r} needs {mode} data this {holder} does not have; it supports {modes}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if reranker is not None and (not isinstance(rerank_top_k, int) or rerank_top_k < 1):
+        raise ConfigError(f"rerank_top_k must be an integer >= 1, got {rerank_top_k!r}")
+    return mode  # type: ignore[no-any-return]

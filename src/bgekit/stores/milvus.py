@@ -39,6 +39,7 @@ from bgekit.index.search_index import (
     Mode,
     _encode,
     _has_sparse_head,
+    checked_search_args,
     documents_of,
     model_identity,
     rerank_hits,
@@ -670,17 +671,7 @@ class MilvusStore:
             StoreError: Milvus refused the search.
         """
         texts, single = as_text_list(queries, "queries")
-        mode = mode or ("hybrid" if len(self.modes) == 3 else self.modes[0])  # type: ignore[assignment]
-        if mode not in MODES:
-            raise ConfigError(f"mode={mode!r} is not valid; choose one of {list(MODES)}")
-        if mode not in self.modes:
-            raise ConfigError(
-                f"mode={mode!r} needs {mode} data this store does not have; it supports {self.modes}"
-            )
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if reranker is not None and (not isinstance(rerank_top_k, int) or rerank_top_k < 1):
-            raise ConfigError(f"rerank_top_k must be an integer >= 1, got {rerank_top_k!r}")
+        mode = checked_search_args(self.modes, mode, top_k, reranker, rerank_top_k, "store")
         if fusion not in FUSIONS:
             raise ConfigError(f"fusion={fusion!r} is not valid; choose one of {list(FUSIONS)}")
         if fusion == "rrf" and weights:
