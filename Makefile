@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bgekit-installed
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean docs docs-serve
 
 $(STAMP): pyproject.toml requirements-dev.txt constraints-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,8 +33,17 @@ lint: install
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m mypy --cache-dir=/dev/null
 
+# the documentation site: tutorials executed as notebooks (skipped when already executed from the current
+# sources, e.g. by the tests), then mkdocs in strict mode into site/
+docs: install
+	$(PY) tutorials/execute.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 bench: install
 	$(PY) benchmarks/encode.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site docs/tutorials *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@
 # Runs in well under a minute on 2 CPU cores.
 
 # %%
+import json
 import time
 
 import numpy as np
@@ -93,10 +94,14 @@ p = model.encode_corpus(passages)
 scores = q @ p.T
 print(np.round(scores, 3))
 assert (scores.argmax(axis=1) == [0, 1]).all()
-assert np.allclose(p[0], model.encode("Giant panda The giant panda is a bear species endemic to China."), atol=1e-6)
+assert np.allclose(
+    p[0], model.encode("Giant panda The giant panda is a bear species endemic to China."), atol=1e-6
+)
 
 instructed = Embedder(MODEL, query_instruction="query: ", show_progress=False)
-assert np.allclose(instructed.encode_queries(queries), model.encode(["query: " + t for t in queries]), atol=1e-6)
+assert np.allclose(
+    instructed.encode_queries(queries), model.encode(["query: " + t for t in queries]), atol=1e-6
+)
 
 # %% [markdown]
 # ## Matryoshka truncation
@@ -122,8 +127,6 @@ for dim in (384, 128, 64):
 # (a subset, to keep the tutorial short; `python benchmarks/encode.py` times the whole corpus).
 
 # %%
-import json
-
 with open(DATA / "scifact" / "corpus.jsonl", encoding="utf-8") as handle:
     docs = [json.loads(line) for _, line in zip(range(64), handle, strict=False)]
 

@@ -10,6 +10,7 @@ Every tutorial starts with ``from common import ...``. Environment variables ove
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ SCIFACT = DATA / "scifact"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# progress bars in a notebook want ipywidgets; the tutorials turn bars off, and a leftover one prints as text
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 if not SCIFACT.is_dir():
     raise SystemExit(f"the tutorials need the BEIR data under {DATA} (set BGEKIT_DATA to its folder)")

@@ -85,8 +85,12 @@ def execute(tutorial: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("prefixes", nargs="*", help="run only tutorials whose file name starts with one of these")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "prefixes", nargs="*", help="run only tutorials whose file name starts with one of these"
+    )
     parser.add_argument("--force", action="store_true", help="execute even when the notebook is up to date")
     args = parser.parse_args(argv)
     chosen = tutorials(args.prefixes)
