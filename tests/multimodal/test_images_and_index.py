@@ -170,3 +170,11 @@ def test_jsonl_corpus_with_captions_and_a_bad_image(model: MultimodalEmbedder, p
     path.write_text('{"_id": "x"}\n')
     with pytest.raises(InputError, match=r"corpus.jsonl:1: the row has neither an image"):
         image_corpus(str(path))
+
+
+@pytest.mark.slow
+def test_two_devices_give_the_single_device_vectors(tiny_clip: str, model: MultimodalEmbedder, photos):
+    texts = [*CAPTIONS[:3], None, None, CAPTIONS[5]]
+    with MultimodalEmbedder(tiny_clip, devices=["cpu", "cpu"], worker_timeout=300) as pooled:
+        out = pooled.encode(texts, images=photos)
+    np.testing.assert_allclose(out, model.encode(texts, images=photos), atol=1e-6)
