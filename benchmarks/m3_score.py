@@ -50,9 +50,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO / "tests" / "inference"))
+    sys.path.insert(0, str(REPO))
+    from tests.builders import build_tiny_m3  # the same builder the differential tests use
+
     from bgekit import Embedder
-    from conftest import build_tiny_m3  # the same fixture the differential tests use
 
     folder = Path(tempfile.mkdtemp(prefix="bgekit-m3-bench-")) / "m3"
     folder.mkdir()

@@ -28,9 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.append(
-    str(Path(__file__).resolve().parents[1] / "tests")
-)  # after benchmarks/: tests/serve is not serve.py
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after benchmarks/: the tests package
 from _common import REPO, default_model_path, load_scifact  # noqa: E402
 
 from serve import cpu_flags, cpu_name, free_port, server_env  # noqa: E402
@@ -56,10 +54,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
+    from tests.builders import build_bert_cross_encoder
 
     from bgekit import Embedder, Reranker
     from bgekit.index import SearchIndex
-    from inference.reranker_fixtures import build_bert_cross_encoder
 
     work = REPO / ".bench" / "soak"
     work.mkdir(parents=True, exist_ok=True)

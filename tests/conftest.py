@@ -1,13 +1,26 @@
-"""Shared fixtures: the real MiniLM model, the real SciFact data, and tiny random models built once."""
+"""Shared fixtures: the real MiniLM model, the real SciFact data, and tiny random models built once.
+
+The builders behind the tiny-model fixtures live in ``tests/builders.py``, importable from every folder.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
+
+from tests.builders import (
+    build_bert_cross_encoder,
+    build_bpe_tokenizer,
+    build_decoder,
+    build_tiny_bert,
+    build_xlmr_cross_encoder,
+    scifact_pairs,
+    training_texts,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -63,28 +76,54 @@ def minilm_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: 
     return str(folder)
 
 
-def build_tiny_bert(folder: Path, tokenizer_dir: str, *, seed: int = 0, **config_overrides: object) -> str:
-    """Save a tiny random BERT (2 layers, hidden 32) with the MiniLM tokenizer into ``folder``."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        **config_overrides,
-    )
-    model = BertModel(config).eval()
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir: str) -> str:
     """A tiny random BERT encoder with the real MiniLM tokenizer, saved as a user would find it."""
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_tokenizer_dir)
+
+
+# tiny random rerankers (BERT, XLM-R cross-encoders; Llama, Gemma2, Qwen2 decoders) and real SciFact pairs
+@pytest.fixture(scope="session")
+def rerank_pairs(scifact_dir: Path) -> list[tuple[str, str]]:
+    """500 real SciFact (query, passage) pairs."""
+    return scifact_pairs(scifact_dir)
+
+
+@pytest.fixture(scope="session")
+def scifact_texts(scifact_dir: Path) -> list[str]:
+    return training_texts(scifact_dir)
+
+
+@pytest.fixture(scope="session")
+def bert_reranker_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir: str) -> str:
+    return build_bert_cross_encoder(tmp_path_factory.mktemp("bert-reranker"), minilm_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def xlmr_reranker_dir(tmp_path_factory: pytest.TempPathFactory, scifact_texts: list[str]) -> str:
+    return build_xlmr_cross_encoder(tmp_path_factory.mktemp("xlmr-reranker"), scifact_texts)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_bos(scifact_texts: list[str]) -> Any:
+    return build_bpe_tokenizer(scifact_texts, with_bos=True, yes_token=True)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_nobos(scifact_texts: list[str]) -> Any:
+    return build_bpe_tokenizer(scifact_texts, with_bos=False, yes_token=True)
+
+
+@pytest.fixture(scope="session")
+def llama_reranker_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer_bos: Any) -> str:
+    return build_decoder(tmp_path_factory.mktemp("llama-reranker"), "llama", bpe_tokenizer_bos)
+
+
+@pytest.fixture(scope="session")
+def gemma2_reranker_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer_bos: Any) -> str:
+    return build_decoder(tmp_path_factory.mktemp("gemma2-reranker"), "gemma2", bpe_tokenizer_bos, seed=1)
+
+
+@pytest.fixture(scope="session")
+def qwen2_reranker_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer_nobos: Any) -> str:
+    return build_decoder(tmp_path_factory.mktemp("qwen2-reranker"), "qwen2", bpe_tokenizer_nobos, seed=2)

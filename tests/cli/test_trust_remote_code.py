@@ -17,8 +17,7 @@ from bgekit.cli import serve as serve_cli
 from bgekit.cli.main import main
 from bgekit.errors import ConfigError, ModelLoadError
 from bgekit.index import SearchIndex
-from conftest import build_tiny_bert  # tests/conftest.py (pytest puts tests/ on sys.path)
-from inference.reranker_fixtures import build_bert_cross_encoder
+from tests.builders import build_bert_cross_encoder, build_tiny_bert
 
 CUSTOM_CODE = """
 from transformers import BertConfig, BertForSequenceClassification, BertModel

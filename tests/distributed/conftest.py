@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.conftest import build_tiny_m3  # tests/ is on sys.path (rootdir conftest)
+from tests.builders import build_tiny_m3
 
 ray = pytest.importorskip("ray")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from . import dist_worker
 from .launch import torchrun
 
 HERE = Path(__file__).resolve().parent
@@ -20,8 +20,6 @@ def test_cross_device_loss_and_gradients_equal_single_process(no_dropout_bert: s
     assert proc.returncode == 0, proc.stderr[-3000:]
     distributed = torch.load(out)
 
-    sys.path.insert(0, str(HERE))
-    import dist_worker
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(no_dropout_bert)

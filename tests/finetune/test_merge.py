@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,7 @@ from bgekit.finetune.merge import (
     read_examples,
     read_state_dict,
 )
-
-from .reranker_fixtures import build_tiny_cross_encoder, perturbed_copy
+from tests.builders import build_bert_cross_encoder, perturbed_copy, toy_rows, write_jsonl
 
 TEXTS = [
     "0-dimensional biomaterials show inductive properties.",
@@ -108,8 +106,10 @@ def test_weights_not_summing_to_one_are_normalised_with_a_warning(tmp_path: Path
 
 
 def test_mismatched_shapes_name_the_first_tensor(tmp_path: Path, minilm_tokenizer_dir: str) -> None:
-    small = build_tiny_cross_encoder(tmp_path / "h32", minilm_tokenizer_dir, hidden=32)
-    wide = build_tiny_cross_encoder(tmp_path / "h64", minilm_tokenizer_dir, hidden=64)
+    small = build_bert_cross_encoder(
+        tmp_path / "h32", minilm_tokenizer_dir, hidden=32, initializer_range=0.02
+    )
+    wide = build_bert_cross_encoder(tmp_path / "h64", minilm_tokenizer_dir, hidden=64, initializer_range=0.02)
     with pytest.raises(
         ConfigError,
         match=r"tensor 'bert\.embeddings\.LayerNorm\.bias' has shape \[32\] in .*h32 but \[64\] in .*h64",
@@ -121,7 +121,7 @@ def test_mismatched_shapes_name_the_first_tensor(tmp_path: Path, minilm_tokenize
 def test_different_architectures_are_refused(
     tmp_path: Path, tiny_bert_dir: str, minilm_tokenizer_dir: str
 ) -> None:
-    cross = build_tiny_cross_encoder(tmp_path / "ce", minilm_tokenizer_dir)
+    cross = build_bert_cross_encoder(tmp_path / "ce", minilm_tokenizer_dir, initializer_range=0.02)
     with pytest.raises(ConfigError, match=r"tensor '(bert\.)?embeddings\..*' is in"):
         merge_models([tiny_bert_dir, cross], tmp_path / "out", [0.5, 0.5])
 
@@ -169,25 +169,13 @@ def test_merge_state_dicts_and_weight_formula() -> None:
     np.testing.assert_allclose(weights, expected, rtol=1e-12)
 
 
-def test_cli_merge(tmp_path: Path, tiny_bert_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "cli"
-    code = cli_main(
-        ["merge", "--models", tiny_bert_dir, tiny_bert_dir, "--weights", "0.5", "0.5", "--output", str(out)]
-    )
-    assert code == 0
-    assert {"model.safetensors", "config.json", "tokenizer.json", "merge_info.json"} <= set(os.listdir(out))
-    assert "merged 2 models" in capsys.readouterr().err
-    code = cli_main(["merge", "--models", tiny_bert_dir, tiny_bert_dir, "--output", str(out)])
-    assert code == 2  # exists: a clear error, not a traceback
-
-
 @pytest.fixture(scope="module")
 def tiny_cross_encoders(
     tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir: str
 ) -> tuple[str, str]:
     """Two tiny cross-encoders of the same architecture with clearly different scores."""
     root = tmp_path_factory.mktemp("ce")
-    first = build_tiny_cross_encoder(root / "a", minilm_tokenizer_dir, seed=0)
+    first = build_bert_cross_encoder(root / "a", minilm_tokenizer_dir, seed=0, initializer_range=0.02)
     return first, perturbed_copy(first, root / "b", scale=2.0, seed=3)
 
 
@@ -241,8 +229,6 @@ def finetuned_minilm(tmp_path_factory: pytest.TempPathFactory, minilm_path: str)
     """MiniLM after a few steps of bgekit fine-tuning: a newer save, without the stored position_ids."""
     from bgekit.finetune.arguments import DataArguments, EmbedderTrainingArguments, ModelArguments
     from bgekit.finetune.embedder import train
-
-    from .conftest import toy_rows, write_jsonl
 
     root = tmp_path_factory.mktemp("finetuned-minilm")
     data = write_jsonl(root / "train.jsonl", toy_rows(4, 2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -110,26 +109,3 @@ def test_bad_options_and_files(tmp_path: Path) -> None:
     bad.write_text('{"text": "ok"}\n{"title": "x"}\n')
     with pytest.raises(DataFormatError, match="corpus.jsonl:2"):
         read_candidates(str(bad))
-
-
-def test_mine_cli_on_a_real_model(tiny_bert_dir: str, tmp_path: Path) -> None:
-    from bgekit.cli.main import main
-
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"title": f"t{i}", "text": f"document number {i}"}) + "\n" for i in range(30))
-    )
-    train = tmp_path / "train.jsonl"
-    train.write_text(json.dumps({"query": "document", "pos": ["t1 document number 1"], "neg": []}) + "\n")
-    out = tmp_path / "mined.jsonl"
-    code = main([
-        "mine", "--model", tiny_bert_dir, "--input", str(train), "--corpus", str(corpus), "--output", str(out),
-        "--range", "0-20", "--negatives", "7", "--cache-dir", str(tmp_path / "cache"),
-    ])  # fmt: skip
-    assert code == 0
-    row = json.loads(out.read_text())
-    assert len(row["neg"]) == 7 and "t1 document number 1" not in row["neg"]
-    assert (
-        main(["mine", "--model", tiny_bert_dir, "--input", str(train), "--output", str(out), "--range", "x"])
-        == 2
-    )

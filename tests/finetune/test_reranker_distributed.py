@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .reranker_fixtures import build_tiny_body
+from tests.builders import build_tiny_body
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

@@ -25,8 +25,7 @@ from bgekit.finetune.reranker import (
     yes_token_id,
 )
 from bgekit.finetune.reranker_losses import reranker_loss
-
-from .reranker_fixtures import build_bpe_tokenizer, build_tiny_body, build_tiny_llama
+from tests.builders import build_bpe_tokenizer, build_decoder, build_tiny_body
 
 EXAMPLES = (
     Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "finetune" / "flagembedding-examples"
@@ -61,8 +60,16 @@ def encoder_body(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer_dir:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory, scifact_corpus: list[dict]) -> str:
-    tokenizer = build_bpe_tokenizer([d["title"] + " " + d["text"] for d in scifact_corpus[:400]])
-    return build_tiny_llama(tmp_path_factory.mktemp("llama"), tokenizer)
+    tokenizer = build_bpe_tokenizer(
+        [d["title"] + " " + d["text"] for d in scifact_corpus[:400]], vocab_size=1500
+    )
+    return build_decoder(
+        tmp_path_factory.mktemp("llama"),
+        "llama",
+        tokenizer,
+        initializer_range=0.02,
+        max_position_embeddings=1024,
+    )
 
 
 def _argv(model: str, data: str, out: Path, *extra: str) -> list[str]:

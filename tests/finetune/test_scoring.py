@@ -55,28 +55,3 @@ def test_bad_input_and_bad_scorer(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="returned 1 scores for 2 pairs"):
         score_rows(Short(), [{"query": "q", "pos": ["p"], "neg": ["n"]}])
-
-
-def test_score_cli_with_a_real_reranker(tmp_path: Path, minilm_tokenizer_dir: str) -> None:
-    reranker_module = pytest.importorskip("bgekit.inference.reranker")
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    folder = tmp_path / "tiny-reranker"
-    tok = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=1,
-    )  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    src = tmp_path / "in.jsonl"
-    src.write_text(json.dumps({"query": "q", "pos": ["p one"], "neg": ["n one", "n two"]}) + "\n")
-    out = tmp_path / "out.jsonl"
-    from bgekit.cli.main import main
-
-    assert main(["score", "--reranker", str(folder), "--input", str(src), "--output", str(out)]) == 0
-    row = json.loads(out.read_text())
-    direct = reranker_module.Reranker(str(folder), device="cpu").compute_score(
-        [("q", "p one"), ("q", "n one"), ("q", "n two")]
-    )
-    assert row["pos_scores"] + row["neg_scores"] == pytest.approx(list(direct), abs=1e-5)

@@ -85,18 +85,6 @@ def test_bad_arguments_are_config_errors(tiny_bert_dir: str, toy_train_file: str
         )
 
 
-def test_cli_forwards_to_the_entry_point(tiny_bert_dir: str, toy_train_file: str, tmp_path: Path) -> None:
-    from bgekit.cli.main import main
-
-    code = main([
-        "finetune", "embedder", "--model_name_or_path", tiny_bert_dir, "--train_data", toy_train_file,
-        "--output_dir", str(tmp_path / "cli"), "--max_steps", "1", "--per_device_train_batch_size", "2",
-        "--train_group_size", "2", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
-    ])  # fmt: skip
-    assert code == 0
-    assert (tmp_path / "cli" / "bgekit.json").is_file() and (tmp_path / "cli" / "model.safetensors").is_file()
-
-
 def test_evaluation_during_training_is_logged(
     tiny_bert_dir: str, toy_train_file: str, tmp_path: Path
 ) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from inference.conftest import build_tiny_m3  # tests/ is on sys.path (rootdir conftest)
+from tests.builders import build_tiny_m3
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +31,3 @@ def minilm(minilm_path: str):  # noqa: ANN201 - the Embedder
     from bgekit import Embedder
 
     return Embedder(minilm_path, device="cpu")
-
-
-def write_corpus(path: Path, rows: list[dict]) -> str:
-    import json
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)

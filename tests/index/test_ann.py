@@ -270,30 +270,3 @@ def test_bad_ann_settings_for_a_corpus_are_named(scifact_index: SearchIndex) -> 
         index.search("cat", ef_search=-1)
     with pytest.raises(ConfigError, match="nprobe must be an integer >= 1"):
         index.set_search_params(nprobe=1.5)  # type: ignore[arg-type]
-
-
-def test_cli_index_with_ann_then_search_with_knobs(
-    scifact_slice: tuple[list[dict], list[str]],
-    minilm_path: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    from bgekit.cli.main import main
-
-    from .conftest import write_corpus
-
-    corpus = write_corpus(tmp_path / "corpus.jsonl", scifact_slice[0][:80])
-    out = str(tmp_path / "idx")
-    argv = ["index", "--model", minilm_path, "--corpus", corpus, "--output", out, "--no-progress"]
-    assert main([*argv, "--ann", "hnsw-sq8", "--hnsw-m", "8", "--ef-search", "20"]) == 0
-    meta = json.loads(Path(out, "bgekit-index.json").read_text())
-    assert meta["ann_factory"] == "HNSW8_SQ8" and meta["ann"]["ef_search"] == 20
-    query = scifact_slice[0][7]["title"]
-    capsys.readouterr()
-    assert (
-        main(["search", "--index", out, "--query", query, "--top-k", "2", "--ef-search", "40", "--json"]) == 0
-    )
-    assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == scifact_slice[0][7]["_id"]
-    argv[argv.index(out)] = str(tmp_path / "other")
-    assert main([*argv, "--ann", "ivf-pq", "--pq-m", "7"]) == 2  # a clear error, not a traceback
-    assert "pq_m=7 must divide" in capsys.readouterr().err

@@ -3,7 +3,6 @@ folder replaced or deleted by `bgekit index`."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,8 +14,6 @@ from bgekit import Embedder
 from bgekit.errors import DataFormatError
 from bgekit.index import SearchIndex
 from bgekit.index.search_index import META_FILE
-
-from .conftest import write_corpus
 
 DOCS = [
     {"_id": "a", "title": "Cats", "text": "a cat sits on the mat"},
@@ -104,35 +101,3 @@ def test_a_damaged_checkpoint_chunk_is_named(minilm: Embedder, tmp_path: Path) -
     chunk.write_bytes(chunk.read_bytes()[:100])
     with pytest.raises(DataFormatError, match=r"chunk-000000\.npz: damaged checkpoint chunk"):
         SearchIndex.build(minilm, DOCS, chunk_size=2, checkpoint_dir=str(checkpoint))
-
-
-def test_cli_index_replaces_only_its_own_index_and_only_when_asked(
-    minilm_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from bgekit.cli.main import main
-
-    corpus = write_corpus(tmp_path / "corpus.jsonl", DOCS)
-    out = tmp_path / "idx"
-    command = ["index", "--model", minilm_path, "--corpus", corpus, "--output", str(out), "--no-progress"]
-    assert main(command) == 0
-    before = (out / "dense.npy").read_bytes()
-    capsys.readouterr()
-    assert main(command) == 2
-    assert "already holds an index; pass --overwrite" in capsys.readouterr().err
-    assert main([*command, "--overwrite"]) == 0
-    assert SearchIndex.load(str(out)).ids == ["a", "b", "c"]
-    assert (out / "dense.npy").read_bytes() == before
-
-    # a folder of the user's own: neither replaced nor, as a checkpoint folder, deleted
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("keep me")
-    assert main([*command[:-2], str(mine), "--overwrite"]) == 2
-    assert "is not a bgekit index" in capsys.readouterr().err
-    assert (mine / "notes.txt").read_text() == "keep me"
-    (tmp_path / "fresh.partial").mkdir()
-    (tmp_path / "fresh.partial" / "notes.txt").write_text("keep me too")
-    assert main([*command[:-2], str(tmp_path / "fresh")]) == 2
-    assert "is not a build checkpoint of bgekit" in capsys.readouterr().err
-    assert (tmp_path / "fresh.partial" / "notes.txt").read_text() == "keep me too"
-    assert json.loads((out / META_FILE).read_text())["documents"] == 3

@@ -15,8 +15,7 @@ from bgekit.errors import ConfigError, DataFormatError, InputError
 from bgekit.index import Hit, SearchIndex
 from bgekit.inference.inputs import corpus_item_text
 from bgekit.inference.m3 import lexical_matching_score
-
-from .conftest import write_corpus
+from tests.builders import Overlap
 
 
 def brute_force_top(queries: np.ndarray, docs: np.ndarray, k: int) -> list[list[int]]:
@@ -133,13 +132,6 @@ def test_m3_sparse_and_hybrid_scores_follow_bge_m3(
         dense_only.search("x", mode="hybrid")
 
 
-class Overlap:
-    """A reranker that counts shared words (anything with compute_score works)."""
-
-    def compute_score(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return [float(len(set(q.lower().split()) & set(p.lower().split()))) for q, p in pairs]
-
-
 def test_reranking_reorders_the_retrieved_hits(
     minilm: Embedder, scifact_slice: tuple[list[dict], list[str]]
 ) -> None:
@@ -207,35 +199,6 @@ def test_bad_search_arguments_are_named(minilm: Embedder) -> None:
     assert [h.text for h in index.search("cat", top_k=50)] == ["a cat", "a dog"]  # k past the corpus size
 
 
-def test_cli_index_then_search(
-    scifact_slice: tuple[list[dict], list[str]],
-    minilm_path: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    from bgekit.cli.main import main
-
-    corpus = write_corpus(tmp_path / "corpus.jsonl", scifact_slice[0][:60])
-    out = str(tmp_path / "idx")
-    assert (
-        main(["index", "--model", minilm_path, "--corpus", corpus, "--output", out, "--chunk-size", "25"])
-        == 0
-    )
-    assert not os.path.exists(out + ".partial")
-    index = SearchIndex.load(out)
-    assert len(index) == 60
-    query = scifact_slice[0][7]["title"]
-    assert index.search(query, top_k=1)[0].id == scifact_slice[0][7]["_id"]
-    capsys.readouterr()
-    assert main(["search", "--index", out, "--query", query, "--top-k", "2", "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["query"] == query and printed["hits"][0]["id"] == scifact_slice[0][7]["_id"]
-    assert (
-        main(["index", "--model", minilm_path, "--corpus", str(tmp_path / "missing.jsonl"), "--output", out])
-        == 2
-    )
-
-
 @pytest.mark.slow
 def test_index_search_reproduces_the_mteb_score_on_scifact(minilm: Embedder, scifact_dir: Path) -> None:
     from bgekit.evaluation.datasets import load_dataset
@@ -268,28 +231,6 @@ def test_m3_rescorer_reranks_with_m3s_own_combined_score(
         M3Rescorer(Embedder(index_m3_dir, device="cpu", kind="encoder"))
     with pytest.raises(ConfigError, match="mode='all' is not valid"):
         M3Rescorer(m3, mode="all")
-
-
-def test_cli_search_m3_rescore(
-    m3: Embedder,
-    index_m3_dir: str,
-    scifact_slice: tuple[list[dict], list[str]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    from bgekit.cli.main import main
-    from bgekit.index import M3Rescorer
-
-    corpus, queries = scifact_slice
-    index = SearchIndex.build(m3, corpus[:40])
-    index.save(str(tmp_path / "idx"))
-    capsys.readouterr()
-    argv = ["search", "--index", str(tmp_path / "idx"), "--query", queries[1], "--m3-rescore", "--json"]
-    assert main([*argv, "--top-k", "3", "--rerank-top-k", "10"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    expected = index.search(queries[1], top_k=3, reranker=M3Rescorer(m3), rerank_top_k=10)
-    assert [h["id"] for h in printed["hits"]] == [h.id for h in expected]
-    assert main([*argv, "--reranker", index_m3_dir]) == 2  # one second stage at a time
 
 
 def test_adding_documents_equals_building_with_them(

@@ -14,8 +14,7 @@ import torch
 
 from bgekit import Embedder, ModelLoadError
 from bgekit.compat import FlagLLMModel
-
-from .conftest import build_tiny_decoder
+from tests.builders import build_tiny_decoder
 
 INSTRUCTION = "Given a scientific claim, retrieve documents that support or refute the claim."
 CASES = [(arch, side) for arch in ("llama", "mistral", "qwen2", "gemma2") for side in ("left", "right")]

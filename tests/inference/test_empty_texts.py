@@ -8,8 +8,7 @@ import pytest
 
 from bgekit import Embedder
 from bgekit.errors import InputError
-
-from .conftest import build_tiny_decoder
+from tests.builders import build_tiny_decoder
 
 
 @pytest.fixture(scope="module")

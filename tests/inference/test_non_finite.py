@@ -10,9 +10,7 @@ import torch
 
 from bgekit import Embedder, Reranker
 from bgekit.errors import NonFiniteOutputError
-from conftest import build_tiny_bert  # tests/conftest.py (pytest puts tests/ on sys.path)
-
-from .reranker_fixtures import build_bert_cross_encoder
+from tests.builders import build_bert_cross_encoder, build_tiny_bert
 
 TEXTS = ["a cat sat on the mat", "the zebra runs home", "a dog barks", "rain in spain", "zebra crossing"]
 """Positions 1 and 4 hold "zebra", a token no other text has."""

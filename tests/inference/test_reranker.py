@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from bgekit import AutoReranker, ConfigError, InputError, Reranker
 from bgekit.inference.rerank_inputs import CrossEncoderInputs, _reference_pair, read_pair_template
 from bgekit.models import reranker_registry
-
-from .reranker_fixtures import build_minicpm_layerwise
+from tests.builders import build_minicpm_layerwise
 
 PAIRS = [
     ("what is a panda?", "The giant panda is a bear native to China."),

@@ -10,12 +10,7 @@ import pytest
 import torch
 
 from bgekit import Reranker
-
-from .reranker_fixtures import (
-    build_bpe_tokenizer,
-    build_decoder,
-    build_minicpm_layerwise,
-)
+from tests.builders import build_bpe_tokenizer, build_decoder, build_minicpm_layerwise
 
 ATOL = 1e-4
 CROSS_MAX_LENGTH = 256  # most SciFact passages are longer, so truncation is exercised on most pairs

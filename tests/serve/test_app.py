@@ -17,7 +17,7 @@ import pytest
 from bgekit import Embedder, Reranker
 from bgekit.index import SearchIndex
 from bgekit.serve import ServerConfig, create_app
-from inference.reranker_fixtures import build_bert_cross_encoder  # tests/ is on sys.path
+from tests.builders import build_bert_cross_encoder
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402

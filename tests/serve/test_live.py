@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bgekit import Embedder, Reranker
-from inference.reranker_fixtures import build_bert_cross_encoder  # tests/ is on sys.path
+from tests.builders import build_bert_cross_encoder
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")

@@ -19,8 +19,7 @@ from bgekit import Embedder  # noqa: E402
 from bgekit.errors import ConfigError, InputError  # noqa: E402
 from bgekit.index import Hit, SearchIndex  # noqa: E402
 from bgekit.stores import MilvusStore  # noqa: E402
-from index.conftest import write_corpus  # noqa: E402
-from index.test_search_index import Overlap  # noqa: E402
+from tests.builders import Overlap, write_jsonl  # noqa: E402
 
 
 def assert_same_top(found: list[Hit], exhaustive: list[Hit], k: int) -> None:
@@ -224,7 +223,7 @@ def test_cli_index_into_a_store_then_search_it(
 ) -> None:
     from bgekit.cli.main import main
 
-    corpus = write_corpus(tmp_path / "corpus.jsonl", scifact_slice[0][:60])
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", scifact_slice[0][:60])
     uri = str(tmp_path / "cli.db")
     argv = ["index", "--model", minilm_path, "--corpus", corpus, "--store", uri, "--chunk-size", "25"]
     assert main([*argv, "--collection", "scifact"]) == 0
