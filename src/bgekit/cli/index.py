@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token", default=None, help="--store: the server's token (user:password or API key)"
     )
     parser.add_argument("--no-sparse", action="store_true", help="BGE-M3: keep only the dense vectors")
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="--corpus is a folder of images or a JSONL of image/text rows, embedded by a multimodal model",
+    )
     parser.add_argument("--chunk-size", type=int, default=10_000, help="documents between checkpoints")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument("--quantization", choices=["int8"], default=None, help="int8 through ONNX Runtime")
@@ -70,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--ann builds an index folder (--output); a Milvus store makes its own indexes")
     if args.output is not None:
         check_output(args.output, overwrite=getattr(args, "overwrite", False))
+    if getattr(args, "images", False):
+        from bgekit.multimodal.cli import index_images
+
+        return index_images(args, ann)
     embedder = Embedder(
         args.model,
         dtype=args.dtype,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from bgekit.cli.ann_options import add_search_knobs, search_knobs
@@ -33,7 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fusion", choices=["weighted", "rrf"], default="weighted", help="--store: hybrid fusion in Milvus"
     )
     add_search_knobs(parser.add_argument_group("--index built with --ann: search knobs"))
-    parser.add_argument("--query", required=True, nargs="+", help="one or more queries")
+    parser.add_argument("--query", default=None, nargs="+", help="one or more queries")
+    parser.add_argument(
+        "--image",
+        default=None,
+        nargs="+",
+        help="image queries (an index built with --images); with --query, image i and query i are one query",
+    )
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--mode", choices=["dense", "sparse", "hybrid"], default=None)
     parser.add_argument(
@@ -73,6 +80,10 @@ def open_searchable(args: argparse.Namespace) -> Any:
     from bgekit.index import SearchIndex
 
     if args.store is None:
+        from bgekit.multimodal.index import IMAGES_FILE, MultimodalIndex
+
+        if os.path.isfile(os.path.join(args.index, IMAGES_FILE)):  # built by `bgekit index --images`
+            return MultimodalIndex.load(args.index, dtype=args.dtype)
         return SearchIndex.load(args.index, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     from bgekit.stores import MilvusStore
 
@@ -89,8 +100,17 @@ def open_searchable(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     if (args.index is None) == (args.store is None):
         raise ConfigError("give one of --index (an index folder) and --store (a Milvus URI)")
+    images = getattr(args, "image", None)
+    if args.query is None and images is None:
+        raise ConfigError("give --query, --image or both")
+    if images is not None and args.store is not None:
+        raise ConfigError("--image searches an index folder built with `bgekit index --images`, not --store")
     index = open_searchable(args)
     options: dict[str, Any] = search_knobs(args) if args.store is None else {"fusion": args.fusion}
+    if images is not None:
+        if not hasattr(index, "images"):
+            raise ConfigError("--image searches an index built with `bgekit index --images`")
+        options["images"] = images
     try:
         reranker = second_stage(args, index)
         results = index.search(
@@ -104,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.store is not None:
             index.close()
-    for query, hits in zip(args.query, results, strict=True):
+    for query, hits in zip(args.query or images or [], results, strict=True):
         if args.json:
             print(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
             continue
