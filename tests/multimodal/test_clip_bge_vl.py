@@ -143,3 +143,15 @@ def test_bad_arguments_are_refused(model: MultimodalEmbedder, tiny_clip: str, mi
         model.encode()
     with pytest.raises(InputError, match=r"texts\[1\] is 3"):
         model.encode(["a", 3])
+
+
+def test_bf16_stays_close_to_fp32(model: MultimodalEmbedder, tiny_clip: str, photos):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 may be emulated on this CPU
+        half = MultimodalEmbedder(tiny_clip, device="cpu", dtype="bf16")
+    assert half.dtype == "bf16"
+    low, full = half.encode(TEXTS, images=photos), model.encode(TEXTS, images=photos)
+    assert low.dtype == np.float32
+    assert np.min(np.sum(low * full, axis=1)) > 0.99
