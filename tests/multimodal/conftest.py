@@ -31,7 +31,13 @@ SAMPLE_PHOTOS = (
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the {name} package is needed by the multimodal tests (see requirements-dev.txt)")
+        install = {
+            "open_clip": "pip install --no-deps open_clip_torch==3.3.0",
+            "skimage": "pip install scikit-image",
+        }
+        raise RuntimeError(
+            f"the multimodal tests read files of the {name} package: {install.get(name, name)}"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
