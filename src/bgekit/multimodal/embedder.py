@@ -238,7 +238,7 @@ class MultimodalEmbedder:
         convert_to_tensor: bool = False,
         show_progress: bool | None = None,
     ) -> Any:
-        text_list, image_list, single = self.prepare(texts, images, role)
+        text_list, image_list, single = self.prepare_items(texts, images, role)
         limit = self._check_max_length(max_length)
         batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
         show = self.show_progress if show_progress is None else show_progress
@@ -262,7 +262,7 @@ class MultimodalEmbedder:
             raise ConfigError(f"max_length={max_length!r} is not valid; expected an integer >= 2")
         return min(max_length, int(self.config.text_config.max_position_embeddings))
 
-    def prepare(self, texts: Any, images: Any, role: Role) -> tuple[list[str | None], list[Any], bool]:
+    def prepare_items(self, texts: Any, images: Any, role: Role) -> tuple[list[str | None], list[Any], bool]:
         """Pair ``texts`` and ``images`` into items, apply the role's instruction, check every image.
 
         Returns:
@@ -310,7 +310,7 @@ class MultimodalEmbedder:
         show_progress: bool | None = False,
         position_offset: int = 0,
     ) -> np.ndarray:
-        """Run the model over prepared items (see :meth:`prepare`) on this process's device.
+        """Run the model over prepared items (see :meth:`prepare_items`) on this process's device.
 
         Returns:
             float32 (n, dim), in input order.
@@ -324,6 +324,23 @@ class MultimodalEmbedder:
             tokenized = tokenize_texts(self.tokenizer, [str(texts[i]) for i in with_text], max_length)
             for i, feature in zip(with_text, tokenized, strict=True):
                 features[i] = feature
+        return self._run(
+            features, images, batch_size, show_progress, position_offset, self.settings.normalize
+        )
+
+    def _run(
+        self,
+        features: Sequence[dict[str, list[int]] | None],
+        images: Sequence[Any],
+        batch_size: int,
+        show_progress: bool | None,
+        position_offset: int,
+        normalize: bool,
+    ) -> np.ndarray:
+        """The engine over items given as token features and checked images (either may be ``None``)."""
+        n = len(features)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
         lengths = [
             (len(features[i]["input_ids"]) if features[i] is not None else 0)  # type: ignore[index]
             + (self.image_tokens if images[i] is not None else 0)
@@ -331,7 +348,6 @@ class MultimodalEmbedder:
         ]
         model = self._load_model()
         pad_id = int(self.tokenizer.pad_token_id)
-        normalize = self.settings.normalize
 
         def step(indices: list[int]) -> torch.Tensor:
             text_rows = [i for i in indices if features[i] is not None]
@@ -358,6 +374,67 @@ class MultimodalEmbedder:
             position_offset=position_offset,
         )
         return engine.run(lengths, step).numpy()
+
+    # ---------------------------------------------------------- the text protocol the server speaks
+    @property
+    def max_length_limit(self) -> int:
+        """The longest text the text tower takes (``Embedder``'s name for it)."""
+        return int(self.config.text_config.max_position_embeddings)
+
+    backend = "torch"
+
+    def prepare(
+        self, texts: list[str], kind: Literal["query", "passage", "text"], max_length: int | None = None
+    ) -> tuple[list[str], int]:
+        """Texts as the model reads them (the query or passage instruction applied; none for ``"text"``)
+        and their token limit, as ``Embedder.prepare``: with :meth:`tokenize` and :meth:`encode_features`
+        the server batches many requests' texts through one run of the engine.
+
+        Example:
+            >>> model.prepare(["a cat"], "query")   # doctest: +SKIP
+            (['a cat'], 77)
+        """
+        settings = self.settings
+        if kind == "query":
+            instruction, fmt = settings.query_instruction, settings.query_instruction_format
+        elif kind == "passage":
+            instruction, fmt = settings.passage_instruction, settings.passage_instruction_format
+        elif kind == "text":
+            instruction, fmt = None, "{}{}"
+        else:
+            raise ConfigError(f"kind={kind!r} is not valid; choose 'query', 'passage' or 'text'")
+        return apply_instruction(list(texts), instruction, fmt), self._check_max_length(max_length)
+
+    def tokenize(
+        self, texts: list[str], max_length: int, *, truncate: bool = True
+    ) -> list[dict[str, list[int]]]:
+        """Token ids of prepared texts, one feature dict per text, unpadded (``truncate=False``: nothing
+        is cut, the caller checks the length)."""
+        return tokenize_texts(self.tokenizer, texts, max_length, truncation=truncate)
+
+    def encode_features(
+        self,
+        features: Sequence[dict[str, list[int]]],
+        heads: Any = None,
+        *,
+        normalize: bool | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = False,
+        position_offset: int = 0,
+    ) -> np.ndarray:
+        """Text vectors of tokenized texts (see :meth:`tokenize`) on this process's device, as
+        ``Embedder.encode_features`` (``heads`` must be ``None``: a CLIP model has only dense vectors).
+        """
+        if heads is not None:
+            raise ConfigError("a multimodal embedder has only dense vectors (no sparse or ColBERT heads)")
+        return self._run(
+            list(features),
+            [None] * len(features),
+            self.batch_size if batch_size is None else check_batch_size(batch_size),
+            show_progress,
+            position_offset,
+            self.settings.normalize if normalize is None else normalize,
+        )
 
     def pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
         """The model's input pixels of checked images (paths are decoded here), by its own processor."""

@@ -162,7 +162,7 @@ class MultimodalIndex(SearchIndex):
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
         if len(ids) > chunk_size:  # check every image before the first chunk, naming each one at fault
-            embedder.prepare(captions, images, "passage")
+            embedder.prepare_items(captions, images, "passage")
         parts = []
         for begin in range(0, len(ids), chunk_size):
             end = begin + chunk_size

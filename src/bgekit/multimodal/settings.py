@@ -81,6 +81,16 @@ class MultimodalSettings:
                     f"{name}={fmt!r} is not valid; it needs exactly two '{{}}' (instruction, then text)"
                 )
 
+    @property
+    def query_max_length(self) -> int | None:
+        """``max_length`` under the text embedders' name (one limit serves queries and passages here)."""
+        return self.max_length
+
+    @property
+    def passage_max_length(self) -> int | None:
+        """``max_length`` under the text embedders' name."""
+        return self.max_length
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
