@@ -24,7 +24,7 @@ from bgekit.inference.inputs import apply_instruction, check_unicode, corpus_ite
 from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models.loading import load_config, load_pretrained, load_tokenizer, resolve_model_folder
 from bgekit.models.settings import write_saved_settings
-from bgekit.multimodal.images import check_images, is_image, to_rgb
+from bgekit.multimodal.images import ImageInputError, check_images, is_image, to_rgb
 from bgekit.multimodal.settings import SETTINGS_SECTION, MultimodalSettings, resolve_multimodal_settings
 
 DEFAULT_BATCH_SIZE = 64
@@ -438,7 +438,12 @@ class MultimodalEmbedder:
 
     def pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
         """The model's input pixels of checked images (paths are decoded here), by its own processor."""
-        rgb = [to_rgb(image) if isinstance(image, str) else image for image in images]
+        rgb = []
+        for image in images:
+            try:
+                rgb.append(to_rgb(image) if isinstance(image, str) else image)
+            except (OSError, ValueError) as exc:  # changed on disk since the call checked it
+                raise ImageInputError(f"image {image!r} can no longer be read: {exc}") from exc
         pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
         return pixels.to(self.device, dtype=self.torch_dtype)
 
