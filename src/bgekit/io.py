@@ -1,11 +1,13 @@
-"""Reading JSONL with errors that name file and line, and writing outputs atomically."""
+"""Reading JSONL and corpus files with errors that name file and line, and writing outputs atomically."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -67,27 +69,115 @@ def read_jsonl(path: str) -> list[Any]:
     return [row for _, row in iter_jsonl(path)]
 
 
+def string_field(row: Any, keys: tuple[str, ...], path: str, line: int, what: str) -> str:
+    """The first of ``keys`` in a JSONL ``row`` as a string (a numeric id is accepted as its text), or a
+    DataFormatError naming file, line and field."""
+    if not isinstance(row, Mapping):
+        raise DataFormatError(f"expected a JSON object, got {type(row).__name__}", path, line)
+    for key in keys:
+        if key in row:
+            value = row[key]
+            if isinstance(value, int | float) and not isinstance(value, bool) and what == "id":
+                return str(value)
+            if not isinstance(value, str):
+                raise DataFormatError(
+                    f"field {key!r} is {type(value).__name__}; expected a string", path, line
+                )
+            return value
+    raise DataFormatError(f"missing field {' or '.join(repr(k) for k in keys)}", path, line)
+
+
+def read_corpus(path: str) -> dict[str, dict[str, str]]:
+    """``{doc_id: {"title", "text"}}`` from a corpus JSONL (``_id`` or ``id``; ``title`` optional)."""
+    corpus: dict[str, dict[str, str]] = {}
+    for line_no, row in iter_jsonl(path):
+        doc_id = string_field(row, ("_id", "id"), path, line_no, "id")
+        text = string_field(row, ("text",), path, line_no, "text")
+        title = row.get("title") or ""
+        if not isinstance(title, str):
+            raise DataFormatError(
+                f"field 'title' is {type(title).__name__}; expected a string", path, line_no
+            )
+        if doc_id in corpus:
+            raise DataFormatError(f"duplicate document id {doc_id!r}", path, line_no)
+        corpus[doc_id] = {"title": title, "text": text}
+    return corpus
+
+
+def read_queries(path: str) -> dict[str, str]:
+    """``{query_id: text}`` from a queries JSONL (``_id`` or ``id``, and ``text``)."""
+    queries: dict[str, str] = {}
+    for line_no, row in iter_jsonl(path):
+        query_id = string_field(row, ("_id", "id"), path, line_no, "id")
+        if query_id in queries:
+            raise DataFormatError(f"duplicate query id {query_id!r}", path, line_no)
+        queries[query_id] = string_field(row, ("text",), path, line_no, "text")
+    return queries
+
+
 @contextmanager
-def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` only if the block succeeds.
+
+    The one atomic write of bgekit: the finished file is flushed to disk, renamed into place and the
+    folder synced, so a crash or power cut leaves the old file or the new one, never half of one. The
+    temporary name starts with a dot and ends in ``.tmp``; it is removed when the block fails.
 
     Example:
-        >>> with atomic_open("out.jsonl") as f: f.write("{}\\n")   # doctest: +SKIP
+        >>> with atomic_path("weights.pt") as tmp: torch.save(state, tmp)   # doctest: +SKIP
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    # a fresh unique name rather than mkstemp, so the file gets the umask's permissions like any other
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
         fsync_dir(folder)  # the rename itself survives a power cut only once the folder is synced
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds
+    (see ``atomic_path``).
+
+    Example:
+        >>> with atomic_open("out.jsonl") as f: f.write("{}\\n")   # doctest: +SKIP
+    """
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+
+
+def replace_folder(staged: str, target: str, *, aside: str | None = None) -> None:
+    """Rename the complete folder ``staged`` over ``target`` (created or replaced), after flushing it.
+
+    An existing ``target`` is first moved to ``aside`` (default: a fresh hidden folder beside it) and
+    removed once the new one is in place, so a crash leaves the old folder or the new one, and a crash
+    between the two renames leaves both complete for the caller to recover (``SearchIndex.load`` does).
+
+    Example:
+        >>> replace_folder("out.staged", "out")   # doctest: +SKIP
+    """
+    fsync_tree(staged)
+    parent = os.path.dirname(os.path.abspath(target))
+    if os.path.exists(target):
+        trash = None
+        if aside is None:
+            trash = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.old.")
+            aside = os.path.join(trash, "old")
+        os.replace(target, aside)
+        os.replace(staged, target)
+        fsync_dir(parent)
+        shutil.rmtree(trash or aside, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+    fsync_dir(parent)
 
 
 def fsync_dir(folder: str) -> None:
@@ -135,9 +225,3 @@ def save_npy_atomic(path: str, array: np.ndarray) -> None:
     """``np.save`` through a temporary file and a rename."""
     with atomic_open(path, "wb") as handle:
         np.save(handle, array)
-
-
-def write_atomic(path: str, writer: Callable[[IO[Any]], None], mode: str = "w", **kwargs: Any) -> None:
-    """Call ``writer(handle)`` on a temporary file, then rename it over ``path``."""
-    with atomic_open(path, mode, **kwargs) as handle:
-        writer(handle)

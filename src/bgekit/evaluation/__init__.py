@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from bgekit.evaluation.datasets import RetrievalDataset, find_dataset_folders, load_dataset, save_dataset
 from bgekit.evaluation.descriptors import DatasetDescriptor, get_descriptor, known_descriptor_names
-from bgekit.evaluation.evaluate import EvaluationResult, StageResult, evaluate
+from bgekit.evaluation.evaluate import evaluate
 from bgekit.evaluation.metrics import compute_metrics, mrr_at_k, read_trec_run, write_trec_run
+from bgekit.evaluation.results import EvaluationResult, StageResult
 from bgekit.evaluation.search import EncoderLike, RerankerLike, dense_search, rerank
 
 __all__ = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bgekit.errors import DataFormatError, InputError
-from bgekit.io import iter_jsonl, iter_text_lines
+from bgekit.io import iter_jsonl, iter_text_lines, read_corpus, read_queries, string_field
 
 logger = logging.getLogger(__name__)
 
@@ -138,50 +138,6 @@ def find_dataset_folders(root: str) -> list[str]:
     return found
 
 
-def _string_field(row: Any, keys: tuple[str, ...], path: str, line: int, what: str) -> str:
-    if not isinstance(row, Mapping):
-        raise DataFormatError(f"expected a JSON object, got {type(row).__name__}", path, line)
-    for key in keys:
-        if key in row:
-            value = row[key]
-            if isinstance(value, int | float) and not isinstance(value, bool) and what == "id":
-                return str(value)
-            if not isinstance(value, str):
-                raise DataFormatError(
-                    f"field {key!r} is {type(value).__name__}; expected a string", path, line
-                )
-            return value
-    raise DataFormatError(f"missing field {' or '.join(repr(k) for k in keys)}", path, line)
-
-
-def read_corpus(path: str) -> dict[str, dict[str, str]]:
-    """``{doc_id: {"title", "text"}}`` from a corpus JSONL (``_id`` or ``id``; ``title`` optional)."""
-    corpus: dict[str, dict[str, str]] = {}
-    for line_no, row in iter_jsonl(path):
-        doc_id = _string_field(row, ("_id", "id"), path, line_no, "id")
-        text = _string_field(row, ("text",), path, line_no, "text")
-        title = row.get("title") or ""
-        if not isinstance(title, str):
-            raise DataFormatError(
-                f"field 'title' is {type(title).__name__}; expected a string", path, line_no
-            )
-        if doc_id in corpus:
-            raise DataFormatError(f"duplicate document id {doc_id!r}", path, line_no)
-        corpus[doc_id] = {"title": title, "text": text}
-    return corpus
-
-
-def read_queries(path: str) -> dict[str, str]:
-    """``{query_id: text}`` from a queries JSONL (``_id`` or ``id``, and ``text``)."""
-    queries: dict[str, str] = {}
-    for line_no, row in iter_jsonl(path):
-        query_id = _string_field(row, ("_id", "id"), path, line_no, "id")
-        if query_id in queries:
-            raise DataFormatError(f"duplicate query id {query_id!r}", path, line_no)
-        queries[query_id] = _string_field(row, ("text",), path, line_no, "text")
-    return queries
-
-
 def _parse_relevance(value: Any, path: str, line: int) -> int:
     try:
         number = float(value)
@@ -231,8 +187,8 @@ def read_qrels_jsonl(path: str) -> dict[str, dict[str, int]]:
     """Qrels from FlagEmbedding's ``<split>_qrels.jsonl`` (``{"qid", "docid", "relevance"}``)."""
     qrels: dict[str, dict[str, int]] = {}
     for line_no, row in iter_jsonl(path):
-        query_id = _string_field(row, ("qid", "query-id"), path, line_no, "id")
-        doc_id = _string_field(row, ("docid", "corpus-id"), path, line_no, "id")
+        query_id = string_field(row, ("qid", "query-id"), path, line_no, "id")
+        doc_id = string_field(row, ("docid", "corpus-id"), path, line_no, "id")
         if "relevance" not in row and "score" not in row:
             raise DataFormatError("missing field 'relevance'", path, line_no)
         qrels.setdefault(query_id, {})[doc_id] = _parse_relevance(

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from bgekit.errors import ConfigError, DataFormatError
 from bgekit.evaluation.datasets import RetrievalDataset, is_dataset_folder, load_dataset, restrict_to_judged
+from bgekit.models.registry import BGE_EN_QUERY_INSTRUCTION
 
 HubLayout = Literal["beir", "none"]
 """``beir``: the hub repo has ``corpus`` and ``queries`` configs and the qrels as its ``default`` config,
@@ -28,8 +29,6 @@ split by split (mteb's BEIR copies, ``mteb/<name>``);
 local folder."""
 
 DATA_DIR_ENV = "BGEKIT_DATA_DIR"
-
-BGE_EN_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from bgekit.errors import ConfigError, DataFormatError, InputError
 from bgekit.evaluation.cache import EvalCache, settings_hash
@@ -25,6 +24,7 @@ from bgekit.evaluation.metrics import (
     validate_k_values,
     write_trec_run,
 )
+from bgekit.evaluation.results import DEFAULT_MAIN_SCORE, EvaluationResult, Stage, StageResult
 from bgekit.evaluation.search import (
     DEFAULT_CORPUS_CHUNK_SIZE,
     EncoderLike,
@@ -36,84 +36,7 @@ from bgekit.evaluation.search import (
 
 logger = logging.getLogger("bgekit.evaluation")
 
-Stage = Literal["retrieval", "rerank"]
-DEFAULT_MAIN_SCORE = "ndcg_at_10"
-DEFAULT_REPORT_METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_10")
 _GENERIC_FOLDER_NAMES = {"model", "models", "snapshot", "checkpoint", "final", "output", "outputs"}
-
-
-@dataclass
-class StageResult:
-    """Scores of one model on one dataset after one stage (dense retrieval, or reranking).
-
-    Attributes:
-        model / dataset / split / stage: what was evaluated.
-        scores: every metric (``ndcg_at_10``, ``recall_at_100``, ``mrr_at_10``, ...), means over queries.
-        main_score_name: the metric reports put first.
-        per_query: ``{query_id: {metric: value}}`` when asked for.
-        num_queries / num_documents: sizes of the evaluated split.
-        seconds: timings (``encode``, ``search``, ``rerank``, ``metrics``).
-        from_cache: whether this stage's results came from the cache.
-        run_file: the TREC run file written, if any.
-    """
-
-    model: str
-    dataset: str
-    split: str
-    stage: Stage
-    scores: dict[str, float]
-    main_score_name: str = DEFAULT_MAIN_SCORE
-    per_query: dict[str, dict[str, float]] | None = None
-    num_queries: int = 0
-    num_documents: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-    from_cache: bool = False
-    run_file: str | None = None
-
-    @property
-    def main_score(self) -> float:
-        """The value of ``main_score_name``."""
-        return self.scores[self.main_score_name]
-
-    def to_dict(self, include_per_query: bool = True) -> dict[str, Any]:
-        data = asdict(self)
-        data["main_score"] = self.main_score
-        if not include_per_query:
-            data.pop("per_query")
-        return data
-
-
-@dataclass
-class EvaluationResult:
-    """All stage results of one ``evaluate`` call, the exact configuration, and the files written.
-
-    Example:
-        >>> result = evaluate(model_path, "../shared/data/scifact")   # doctest: +SKIP
-        >>> result.get("scifact").scores["ndcg_at_10"]                 # doctest: +SKIP
-        0.6451...
-    """
-
-    results: list[StageResult]
-    config: dict[str, Any]
-    files: dict[str, str] = field(default_factory=dict)
-
-    def get(self, dataset: str, stage: Stage | None = None, model: str | None = None) -> StageResult:
-        """The result for ``dataset`` (default stage: rerank when reranking ran, else retrieval)."""
-        matches = [r for r in self.results if r.dataset == dataset and (model is None or r.model == model)]
-        if stage is not None:
-            matches = [r for r in matches if r.stage == stage]
-        if not matches:
-            known = sorted({(r.model, r.dataset, r.stage) for r in self.results})
-            raise KeyError(f"no result for dataset={dataset!r} stage={stage!r} model={model!r}; have {known}")
-        return matches[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "results": [r.to_dict() for r in self.results], "files": self.files}
-
-    def to_markdown(self, metrics: Sequence[str] | None = None) -> str:
-        from bgekit.evaluation.reports import markdown_table
-
-        return markdown_table(self.results, metrics)
 
 
 def default_model_name(name_or_path: str) -> str:

@@ -10,7 +10,7 @@ order and the order MTEB's top-k heap leaves, so every metric here sees the same
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bgekit.errors import ConfigError, DataFormatError, InputError
@@ -152,19 +152,6 @@ def compute_metrics(
     count = len(rows)
     means = {name: (sum(r[name] for r in rows.values()) / count if count else 0.0) for name in names}
     return means, (rows if per_query else None)
-
-
-def select_metrics(scores: Mapping[str, float], wanted: Sequence[str] | None) -> dict[str, float]:
-    """The named metrics from ``scores`` (all when ``wanted`` is None); unknown names raise ConfigError."""
-    if wanted is None:
-        return dict(scores)
-    unknown = [name for name in wanted if name not in scores]
-    if unknown:
-        raise ConfigError(
-            f"unknown metric(s) {unknown}; computed metrics are {sorted(scores)} "
-            "(add the cutoff to k_values if it is missing)"
-        )
-    return {name: scores[name] for name in wanted}
 
 
 def write_trec_run(path: str, run: Run, tag: str = "bgekit") -> None:

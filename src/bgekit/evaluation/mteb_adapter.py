@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bgekit.errors import InputError
-from bgekit.inference.m3 import dense_array
+from bgekit.inference.arrays import dense_array
 
 _QUERY = "query"
 _DOCUMENT_NAMES = ("document", "passage", "corpus")

@@ -10,45 +10,12 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bgekit.evaluation.results import EvaluationResult, StageResult, markdown_table
 from bgekit.io import atomic_open
 
-if TYPE_CHECKING:
-    from bgekit.evaluation.evaluate import EvaluationResult, StageResult
-
-DEFAULT_TABLE_METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_10")
-
-
-def _table_metrics(results: Sequence[StageResult], metrics: Sequence[str] | None) -> list[str]:
-    available = set.intersection(*(set(r.scores) for r in results)) if results else set()
-    chosen = list(metrics) if metrics is not None else [m for m in DEFAULT_TABLE_METRICS if m in available]
-    main_names = {r.main_score_name for r in results}
-    if len(main_names) == 1:  # already the first column
-        chosen = [m for m in chosen if m not in main_names]
-    return chosen
-
-
-def markdown_table(results: Sequence[StageResult], metrics: Sequence[str] | None = None) -> str:
-    """One row per model, dataset and stage; the main score first, then ``metrics`` (x100, 2 decimals).
-
-    Example:
-        >>> print(markdown_table(result.results))   # doctest: +SKIP
-        | model | dataset | split | stage | main score | ndcg_at_10 | recall_at_100 | ...
-    """
-    if not results:
-        return "(no results)\n"
-    chosen = _table_metrics(results, metrics)
-    header = ["model", "dataset", "split", "stage", "main score", *chosen]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 4 + ["---:"] * (1 + len(chosen))) + "|",
-    ]
-    for r in results:
-        cells = [r.model, r.dataset, r.split, r.stage, f"{r.main_score_name} **{100 * r.main_score:.2f}**"]
-        cells += [f"{100 * r.scores[m]:.2f}" if m in r.scores else "–" for m in chosen]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
+__all__ = ["markdown_table", "recall_curve_plot", "write_reports"]
 
 
 def recall_curve_plot(results: Sequence[StageResult], path: str) -> str:

@@ -19,8 +19,8 @@ from bgekit.errors import ConfigError, InputError
 from bgekit.evaluation.cache import EvalCache
 from bgekit.evaluation.datasets import RetrievalDataset
 from bgekit.evaluation.metrics import ranked
+from bgekit.inference.arrays import dense_array
 from bgekit.inference.inputs import corpus_item_text
-from bgekit.inference.m3 import dense_array
 from bgekit.optional import require_faiss
 
 logger = logging.getLogger(__name__)

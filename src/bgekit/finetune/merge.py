@@ -22,8 +22,8 @@ from typing import Any, Literal
 import torch
 
 from bgekit.errors import ConfigError, DataFormatError, InputError, ModelLoadError
-from bgekit.inference.m3 import dense_array
-from bgekit.io import iter_jsonl
+from bgekit.inference.arrays import dense_array
+from bgekit.io import iter_jsonl, replace_folder
 from bgekit.models.loading import resolve_model_folder
 from bgekit.models.settings import SETTINGS_FILE, read_json, read_saved_settings, write_saved_settings
 
@@ -458,13 +458,7 @@ def write_merged(
             _write_resolved_settings(tmp, source, kind)
         with open(os.path.join(tmp, "merge_info.json"), "w", encoding="utf-8") as handle:
             json.dump(info, handle, indent=2)
-        if os.path.exists(output):
-            trash = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.old.")
-            os.replace(output, os.path.join(trash, "old"))
-            os.replace(tmp, output)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
+        replace_folder(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from bgekit.errors import ConfigError, DataFormatError
+from bgekit.inference.arrays import dense_array
 from bgekit.inference.inputs import corpus_item_text
-from bgekit.inference.m3 import dense_array
 from bgekit.io import iter_jsonl, save_npy_atomic, write_jsonl_atomic
 from bgekit.optional import require_faiss
 

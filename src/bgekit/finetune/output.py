@@ -13,13 +13,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from bgekit.errors import ConfigError
 from bgekit.finetune.trainer import checkpoint_folders
-from bgekit.io import fsync_dir, fsync_tree
+from bgekit.io import fsync_dir, fsync_tree, replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +147,7 @@ def publish_staged(stage: str, output_dir: str) -> None:
     for name in names:
         source, target = os.path.join(stage, name), os.path.join(output_dir, name)
         if os.path.isdir(target) and not os.path.islink(target):
-            # a folder cannot be renamed over a non-empty one: move the old one aside first
-            trash = tempfile.mkdtemp(dir=output_dir, prefix=f".{name}.old.")
-            os.replace(target, os.path.join(trash, name))
-            os.replace(source, target)
-            shutil.rmtree(trash, ignore_errors=True)
+            replace_folder(source, target)  # a folder cannot be renamed over a non-empty one
         else:
             os.replace(source, target)
     fsync_dir(output_dir)

@@ -42,10 +42,10 @@ from bgekit.index.ann import (
     search_faiss,
     write_faiss_index,
 )
+from bgekit.inference.arrays import dense_array
 from bgekit.inference.inputs import as_text_list, corpus_item_text
-from bgekit.inference.m3 import dense_array
 from bgekit.inference.reranker import ranked_indices
-from bgekit.io import atomic_open, fsync_dir, fsync_tree
+from bgekit.io import atomic_open, fsync_dir, read_corpus, replace_folder
 from bgekit.optional import require_faiss
 
 Mode = Literal["dense", "sparse", "hybrid"]
@@ -98,8 +98,6 @@ def documents_of(corpus: Any) -> tuple[list[str], list[dict[str, str]]]:
         (['0', 'd7'], [{'title': '', 'text': 'a cat'}, {'title': 'Dogs', 'text': 'bark'}])
     """
     if isinstance(corpus, str | os.PathLike):
-        from bgekit.evaluation.datasets import read_corpus
-
         rows = read_corpus(os.fspath(corpus))
         return list(rows), list(rows.values())
     if isinstance(corpus, Mapping):
@@ -707,8 +705,6 @@ class SearchIndex:
             ann = AnnConfig.parse(meta.get("ann"))
         except ConfigError as exc:
             raise DataFormatError(f"invalid 'ann' settings: {exc}", meta_path) from exc
-        from bgekit.evaluation.datasets import read_corpus
-
         rows = read_corpus(os.path.join(folder, "documents.jsonl"))
         dense_path, sparse_path = os.path.join(folder, "dense.npy"), os.path.join(folder, "sparse.npz")
         ann_path = os.path.join(folder, ANN_FILE)
@@ -908,18 +904,9 @@ def _commit(staged: str, folder: str) -> None:
     leaves the old index or the new one; a crash between the two renames leaves ``folder.old<pid>`` and
     the complete ``folder.tmp<pid>``, which :meth:`SearchIndex.load` puts back (``_recover_swap``).
     """
-    fsync_tree(staged)
-    if os.path.isdir(folder):
-        if not os.path.isfile(os.path.join(folder, META_FILE)):
-            raise ConfigError(f"{folder!r} exists and is not a bgekit index; refusing to replace it")
-        old = f"{folder}.old{os.getpid()}"
-        os.replace(folder, old)
-        os.replace(staged, folder)
-        fsync_dir(os.path.dirname(folder))
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, folder)
-    fsync_dir(os.path.dirname(folder))
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, META_FILE)):
+        raise ConfigError(f"{folder!r} exists and is not a bgekit index; refusing to replace it")
+    replace_folder(staged, folder, aside=f"{folder}.old{os.getpid()}")
 
 
 def _recover_swap(folder: str) -> None:

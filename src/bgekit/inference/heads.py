@@ -113,11 +113,11 @@ class M3Heads(torch.nn.Module):
         """Write ``sparse_linear.pt`` and ``colbert_linear.pt`` into ``folder`` (atomically)."""
         import os
 
+        from bgekit.io import atomic_path
+
         for name, module in ((SPARSE_FILE, self.sparse_linear), (COLBERT_FILE, self.colbert_linear)):
-            path = os.path.join(folder, name)
-            tmp = f"{path}.tmp.{os.getpid()}"
-            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(os.path.join(folder, name)) as tmp:
+                torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
 
 
 def lexical_weights(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bgekit.errors import ConfigError, ModelLoadError
+from bgekit.io import atomic_path
 
 Task = Literal["feature-extraction", "sequence-classification"]
 _FUSABLE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert"}
@@ -142,9 +143,8 @@ def export_onnx(model_folder: str, task: Task, quantization: str | None, fingerp
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
             current = quantized
-        staged = target + f".tmp{os.getpid()}"
-        shutil.copyfile(current, staged)
-        os.replace(staged, target)  # atomic: a crash never leaves half a graph under the final name
+        with atomic_path(target) as staged:  # a crash never leaves half a graph under the final name
+            shutil.copyfile(current, staged)
     _remove_superseded(folder, task, suffix, keep=target)
     return target
 

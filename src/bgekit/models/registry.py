@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_BGE_EN = "Represent this sentence for searching relevant passages: "
+BGE_EN_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+"""The query instruction of BAAI's English bge models (v1 and v1.5), for retrieval."""
 _BGE_ZH = "为这个句子生成表示以用于检索相关文章："
 _WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query."
 # e5-mistral, Qwen3-Embedding, gte-Qwen2, SFR and Linq write the task without the final period
@@ -27,7 +28,7 @@ _add(
     [f"BAAI/bge-{size}-en{v}" for size in ("small", "base", "large") for v in ("", "-v1.5")],
     pooling="cls",
     normalize=True,
-    query_instruction=_BGE_EN,
+    query_instruction=BGE_EN_QUERY_INSTRUCTION,
     query_max_length=512,
     passage_max_length=512,
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from bgekit.errors import ConfigError, DataFormatError
+from bgekit.io import atomic_open
 from bgekit.models import registry
 
 SETTINGS_FILE = "bgekit.json"
@@ -184,11 +185,9 @@ def read_json(path: str) -> Any:
 
 def write_json_atomic(path: str, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
-    os.replace(tmp, path)
 
 
 def read_saved_settings(folder: str, kind: str = "embedder") -> dict[str, Any]:
