@@ -19,7 +19,7 @@ import numpy as np
 from bgekit.errors import ConfigError, DataFormatError, InputError
 from bgekit.index.ann import AnnConfig
 from bgekit.index.search_index import META_FILE, Mode, SearchIndex, checked_search_args, model_identity
-from bgekit.inference.m3 import dense_array
+from bgekit.inference.arrays import dense_array
 from bgekit.io import iter_jsonl
 from bgekit.multimodal.images import IMAGE_SUFFIXES
 
