@@ -22,8 +22,8 @@
 # * **quantised** embeddings, int8 and binary, with and without rescoring by the float query;
 # * the persistent `SearchIndex`: build, save, load, search, and its nDCG@10 on SciFact test.
 #
-# The corpus is encoded once (2-3 minutes on 2 CPU cores) and the index saved under the output folder,
-# where tutorials 5 and 7 find it. 5,183 vectors are few for ANN structures (they pay off past a few
+# The corpus is encoded once (2-3 minutes on an idle 2-core CPU) by whichever of tutorials 2-5 runs first,
+# and the index saved under the output folder, where the others find it. 5,183 vectors are few for ANN structures (they pay off past a few
 # million); the trade-offs they show are the same.
 
 # %%
