@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgekit.engine import BatchEngine, is_out_of_memory, pad_sequences
+from bgekit.engine.batching import plan_batches
 
 
 @given(st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=200), st.integers(1, 64))
@@ -28,6 +29,82 @@ def test_outputs_come_back_in_input_order_and_budget_holds(lengths: list[int], b
         assert len(batch) <= batch_size
         padded = max(lengths[i] for i in batch) * len(batch)
         assert padded <= budget or len(batch) == 1  # a single over-long input still runs
+
+
+def plan_cost(lengths: list[int], ends: list[int], overhead: int) -> int:
+    starts = [0, *ends[:-1]]
+    return sum(
+        (end - start) * max(1, lengths[start]) + overhead for start, end in zip(starts, ends, strict=True)
+    )
+
+
+@given(st.lists(st.integers(min_value=1, max_value=80), min_size=1, max_size=9), st.integers(1, 5))
+@settings(max_examples=80, deadline=None)
+def test_planned_batches_are_the_cheapest_split(lengths: list[int], batch_size: int) -> None:
+    """The planner's split costs no more than any other split that keeps the limits (brute force)."""
+    lengths = sorted(lengths, reverse=True)
+    budget, overhead = 120, 16
+    ends = plan_batches(lengths, batch_size, budget, overhead)
+    n = len(lengths)
+
+    def allowed(ends: list[int]) -> bool:
+        starts = [0, *ends[:-1]]
+        return all(
+            e - s <= batch_size and ((e - s) * lengths[s] <= budget or e - s == 1)
+            for s, e in zip(starts, ends, strict=True)
+        )
+
+    assert ends[-1] == n and allowed(ends)
+    best = min(
+        plan_cost(lengths, [i + 1 for i in range(n - 1) if mask >> i & 1] + [n], overhead)
+        for mask in range(2 ** (n - 1))
+        if allowed([i + 1 for i in range(n - 1) if mask >> i & 1] + [n])
+    )
+    assert plan_cost(lengths, ends, overhead) == best
+
+
+@given(st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=200), st.integers(1, 64))
+@settings(max_examples=40, deadline=None)
+def test_planned_batches_keep_order_and_limits(lengths: list[int], batch_size: int) -> None:
+    batches: list[list[int]] = []
+
+    def step(indices: list[int]) -> torch.Tensor:
+        batches.append(indices)
+        return torch.tensor(indices)
+
+    engine = BatchEngine(batch_size=batch_size, max_tokens_per_batch=1024, overhead_tokens=32)
+    assert engine.run(lengths, step).tolist() == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= batch_size
+        assert max(lengths[i] for i in batch) * len(batch) <= 1024 or len(batch) == 1
+
+
+def test_a_mixed_group_is_split_where_the_lengths_drop() -> None:
+    """Many short queries gathered with a few long ones are not all padded to the longest."""
+    lengths = [60, 58, *[12] * 30]
+    batches: list[list[int]] = []
+    BatchEngine(batch_size=256, max_tokens_per_batch=4096, overhead_tokens=32).run(
+        lengths, lambda idx: batches.append(idx) or [0] * len(idx)
+    )
+    assert [sorted(b) for b in batches] == [[0, 1], list(range(2, 32))]
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded == 2 * 60 + 30 * 12  # against 32 * 60 = 1,920 in one batch
+
+
+def test_out_of_memory_back_off_works_with_planned_batches() -> None:
+    lengths = [10] * 40
+    tried: list[int] = []
+
+    def step(indices: list[int]) -> list[int]:
+        tried.append(len(indices))
+        if len(indices) > 8:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return list(indices)
+
+    engine = BatchEngine(batch_size=64, overhead_tokens=32)
+    assert engine.run(lengths, step) == list(range(40))
+    assert tried[0] == 40  # the planned batch first, then the back-off's smaller ones
+    assert engine.backoffs >= 1 and sum(t for t in tried if t <= 8) == 40
 
 
 def test_batches_are_length_sorted_longest_first() -> None:

@@ -26,6 +26,55 @@ PROGRESS_THRESHOLD = 1024
 CPU_MAX_TOKENS_PER_BATCH = 4096
 """CPU default token budget: activations that stay in cache beat bigger matrix products (benchmarks/encode.py)."""
 
+CPU_BATCH_OVERHEAD_TOKENS = 32
+"""What one more forward pass costs on a CPU, in padded tokens (a MiniLM forward's fixed cost is about
+what 30 more tokens cost). The engine splits a batch where the padding it saves is worth more than this."""
+
+
+def batch_overhead_tokens(device: torch.device) -> int | None:
+    """The batch planner's cost of one more forward pass on ``device``, in padded tokens; ``None`` on
+    accelerators, where a forward pass costs about the same at any small size, so batches are filled."""
+    return CPU_BATCH_OVERHEAD_TOKENS if device.type == "cpu" else None
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None, overhead: int) -> list[int]:
+    """Batch ends for inputs sorted longest first that minimise padded tokens plus ``overhead`` per batch.
+
+    A batch costs its row count times its longest input (the padded tokens it computes) plus ``overhead``.
+    Filling each batch up to the budget pads every input to the longest one in it; when a group mixes
+    short and long inputs (many small requests gathered by a server), splitting where the lengths drop
+    saves more padding than the extra forward pass costs. Dynamic programming over the sorted order, with
+    at most ``batch_size`` rows and ``max_tokens`` padded tokens per batch (a single input over the budget
+    still gets a batch of its own).
+
+    Example:
+        >>> plan_batches([40, 39, 10, 9, 9, 8], batch_size=8, max_tokens=None, overhead=8)
+        [2, 6]
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    longest = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        # candidate starts j (batch = j..end-1, padded to longest[j]); sorted descending: the first row pads
+        first = max(0, end - batch_size)
+        starts = np.arange(first, end)
+        rows = end - starts
+        cost = best[first:end] + rows * longest[first:end] + overhead
+        if max_tokens is not None:
+            over = rows * longest[first:end] > max_tokens
+            over[-1] = False  # one input alone always fits
+            cost = np.where(over, np.inf, cost)
+        pick = int(np.argmin(cost))
+        best[end], cut[end] = cost[pick], first + pick
+    ends, end = [], n
+    while end > 0:
+        ends.append(end)
+        end = int(cut[end])
+    return ends[::-1]
+
 
 def default_token_budget(kwargs: dict[str, Any], device: torch.device, gpu_default: int) -> int | None:
     """The token budget a model runs with: ``kwargs["max_tokens_per_batch"]`` when given (``None``: no cap),
@@ -59,6 +108,9 @@ class BatchEngine:
         grow_after: successful batches after a back-off before the budget doubles again.
         position_offset: added to the input positions an error names (the inputs are a slice of a larger
             call starting there, as a device-pool worker's are).
+        overhead_tokens: the cost of one more forward pass in padded tokens; when given, batches are
+            planned by :func:`plan_batches` (least padding plus passes) instead of filled to the budget
+            (see :func:`batch_overhead_tokens`).
 
     Example:
         >>> engine = BatchEngine(batch_size=2)
@@ -76,6 +128,7 @@ class BatchEngine:
         desc: str = "Batches",
         grow_after: int = 8,
         position_offset: int = 0,
+        overhead_tokens: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is not valid; expected >= 1")
@@ -88,6 +141,7 @@ class BatchEngine:
         self.desc = desc
         self.grow_after = grow_after
         self.position_offset = position_offset
+        self.overhead_tokens = overhead_tokens
         self.backoffs = 0
         """How many times the last ``run`` shrank a batch after an out-of-memory error."""
 
@@ -123,9 +177,18 @@ class BatchEngine:
         chunks: list[tuple[list[int], Any]] = []
         scale, good_since_backoff, start = 1.0, 0, 0
         self.backoffs = 0
+        planned: dict[int, int] = {}  # batch start -> end, while no out-of-memory back-off is in force
+        if self.overhead_tokens is not None:
+            ends = plan_batches(
+                [lengths[i] for i in order], self.batch_size, self.max_tokens_per_batch, self.overhead_tokens
+            )
+            planned = dict(zip([0, *ends[:-1]], ends, strict=True))
         with tqdm(total=n, desc=self.desc, disable=not show, unit="item") as bar:
             while start < n:
-                end = self.plan_next(order, lengths, start, scale)
+                if scale >= 1.0 and start in planned:
+                    end = planned[start]
+                else:
+                    end = self.plan_next(order, lengths, start, scale)
                 indices = order[start:end]
                 try:
                     output = step(indices)

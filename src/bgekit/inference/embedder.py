@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bgekit.engine import BatchEngine, DevicePool, pad_sequences, tokenize_texts
+from bgekit.engine import BatchEngine, DevicePool, batch_overhead_tokens, pad_sequences, tokenize_texts
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference import m3
@@ -657,6 +657,7 @@ class Embedder:
             show_progress=show_progress,
             desc="Encoding",
             position_offset=position_offset,
+            overhead_tokens=batch_overhead_tokens(self.device),
         )
         outputs = engine.run([len(f["input_ids"]) for f in features], step)
         if heads is None:

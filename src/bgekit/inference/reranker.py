@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bgekit.engine import BatchEngine, DevicePool, pad_sequences
+from bgekit.engine import BatchEngine, DevicePool, batch_overhead_tokens, pad_sequences
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference.embedder import file_fingerprint
@@ -527,6 +527,7 @@ class Reranker:
             show_progress=options["show_progress"],
             desc="Reranking",
             position_offset=int(options.get("position_offset", 0)),
+            overhead_tokens=batch_overhead_tokens(self.device),
         )
         out = engine.run([len(f["input_ids"]) for f in features], step)
         return out.numpy().astype(np.float32)
