@@ -91,3 +91,28 @@ def test_a_cancelled_job_is_not_run_and_a_failed_warmup_is_reported() -> None:
         assert not failing.ready.is_set() and failing.failed is not None
     finally:
         failing.stop()
+
+
+def test_a_group_waits_for_announced_jobs_but_never_for_unannounced_ones() -> None:
+    runner = _Recorder()
+    runner.gate.set()
+    worker = ModelWorker({"run": runner}, batch_wait=5.0)
+    try:
+        # nothing announced: a lone job runs at once, far inside the 5 s wait
+        assert worker.submit(("run", "a"), [0], tokens=1).result(2) == ["a:0"]
+        # two announced jobs: the first waits for the second, and both run as one call
+        worker.expect()
+        worker.expect()
+        first = worker.submit(("run", "a"), [1], tokens=1, expected=True)
+        timer = threading.Timer(0.2, lambda: worker.submit(("run", "a"), [2], tokens=1, expected=True))
+        timer.start()
+        assert first.result(10) == ["a:1"]
+        assert runner.calls[-1] == [1, 2]
+        # an announced job that never comes (its request failed) releases the wait
+        worker.expect()
+        worker.expect()
+        third = worker.submit(("run", "a"), [3], tokens=1, expected=True)
+        threading.Timer(0.2, worker.unexpect).start()
+        assert third.result(2) == ["a:3"]
+    finally:
+        worker.stop()

@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most tokens gathered from many requests into one model call",
     )
     parser.add_argument(
+        "--batch-wait",
+        type=float,
+        default=default("batch_wait"),
+        help="most seconds a model call waits for requests still being tokenized (0: never)",
+    )
+    parser.add_argument(
         "--graceful-timeout",
         type=float,
         default=default("graceful_timeout"),
@@ -112,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_top_k=args.max_top_k,
         request_timeout=args.request_timeout,
         max_batch_tokens=args.max_batch_tokens,
+        batch_wait=args.batch_wait,
         api_key=api_key,
         allowed_hosts=loopback_host_names(args.host),
         served_model_name=args.served_model_name,

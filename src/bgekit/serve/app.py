@@ -168,6 +168,7 @@ def create_app(
     worker = ModelWorker(
         {"embed": run_embed, "rerank": run_rerank, "search": run_search},
         max_batch_tokens=config.max_batch_tokens,
+        batch_wait=config.batch_wait,
         warmup=warmup,
         stats=metrics,
     )
@@ -258,17 +259,33 @@ def create_app(
         metrics.tokenize_seconds.observe(time.perf_counter() - started)
         return features
 
-    async def tokenize(texts: list[str], kind: str, truncate: bool | None, field: str) -> list[Any]:
+    async def embed(
+        request: Any, heads: Any, texts: list[str], kind: str, truncate: bool | None, field: str
+    ) -> tuple[list[Any], int]:
+        """Tokenize ``texts`` on the tokenizer thread, run them on the worker: (outputs, token count)."""
         check_texts(texts, field)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(tokenizer_thread, features_of, texts, kind, truncate, field)
+        if not texts:
+            return [], 0
+        worker.expect()  # the worker holds its next group open briefly for this request
+        try:
+            loop = asyncio.get_running_loop()
+            features = await loop.run_in_executor(tokenizer_thread, features_of, texts, kind, truncate, field)
+        except BaseException:
+            worker.unexpect()
+            raise
+        tokens = sum(len(f["input_ids"]) for f in features)
+        return await submit(request, ("embed", heads), features, tokens, expected=True), tokens
 
-    async def submit(request: Any, key: Any, items: list[Any], tokens: int) -> list[Any]:
+    async def submit(
+        request: Any, key: Any, items: list[Any], tokens: int, expected: bool = False
+    ) -> list[Any]:
         """Queue ``items`` for the worker; wait for them, the request timeout or the client leaving."""
         if worker.failed is not None:
+            if expected:
+                worker.unexpect()
             raise HTTPProblem(503, "the model failed to start; see the server's log")
         try:
-            future = asyncio.wrap_future(worker.submit(key, items, tokens))
+            future = asyncio.wrap_future(worker.submit(key, items, tokens, expected=expected))
         except RuntimeError:
             raise HTTPProblem(503, "the server is shutting down", {"Retry-After": "1"}) from None
         gone = asyncio.ensure_future(_client_gone(request))
@@ -421,13 +438,8 @@ def create_app(
             texts = texts_of(body.input)
             if not texts:
                 raise HTTPProblem(400, "input is an empty list; send at least one text")
-            features = await tokenize(texts, PROMPT_KINDS[body.input_type], None, "input")
-            tokens = sum(len(f["input_ids"]) for f in features)
-            rows = dense_rows(
-                await submit(request, ("embed", None), features, tokens),
-                body.dimensions,
-                bool(embedder.settings.normalize),
-            )
+            vectors, tokens = await embed(request, None, texts, PROMPT_KINDS[body.input_type], None, "input")
+            rows = dense_rows(vectors, body.dimensions, bool(embedder.settings.normalize))
             data = [
                 {
                     "object": "embedding",
@@ -447,9 +459,8 @@ def create_app(
         async def tei_embed(body: EmbedRequest, request: Request) -> Any:
             """Dense embeddings as TEI returns them: one list of floats per input."""
             texts = texts_of(body.inputs)
-            features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
-            tokens = sum(len(f["input_ids"]) for f in features)
-            vectors = await submit(request, ("embed", None), features, tokens) if features else []
+            kind = PROMPT_KINDS[body.prompt_name]
+            vectors, _ = await embed(request, None, texts, kind, body.truncate, "inputs")
             return JSONResponse(dense_rows(vectors, body.dimensions, body.normalize).tolist())
 
     if m3:
@@ -460,10 +471,8 @@ def create_app(
             """BGE-M3 lexical weights: ``[{"index": token_id, "value": weight}]`` per input, ready for a
             vector database's sparse field."""
             texts = texts_of(body.inputs)
-            features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
-            tokens = sum(len(f["input_ids"]) for f in features)
-            key = ("embed", (False, True, False))
-            weights = await submit(request, key, features, tokens) if features else []
+            kind, heads = PROMPT_KINDS[body.prompt_name], (False, True, False)
+            weights, _ = await embed(request, heads, texts, kind, body.truncate, "inputs")
             return JSONResponse(
                 [
                     [
@@ -478,10 +487,8 @@ def create_app(
         async def tei_embed_all(body: SparseRequest, request: Request) -> Any:
             """BGE-M3 multi-vector (ColBERT) embeddings: one vector per token after the first, per input."""
             texts = texts_of(body.inputs)
-            features = await tokenize(texts, PROMPT_KINDS[body.prompt_name], body.truncate, "inputs")
-            tokens = sum(len(f["input_ids"]) for f in features)
-            key = ("embed", (False, False, True))
-            vectors = await submit(request, key, features, tokens) if features else []
+            kind, heads = PROMPT_KINDS[body.prompt_name], (False, False, True)
+            vectors, _ = await embed(request, heads, texts, kind, body.truncate, "inputs")
             return JSONResponse([v.tolist() for v in vectors])
 
     if reranker is not None:

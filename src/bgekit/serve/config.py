@@ -26,6 +26,8 @@ class ServerConfig:
         max_top_k: largest ``top_k`` / ``top_n`` a request may ask for (422).
         request_timeout: seconds a request may wait for the model before a 503.
         max_batch_tokens: most tokens the worker gathers from many requests into one engine call.
+        batch_wait: most seconds the worker holds a group open for requests still being tokenized (it
+            never waits when none is on its way, so a lone request starts at once).
         api_key: when set, every route but ``/health`` and the schema needs ``Authorization: Bearer KEY``.
         allowed_hosts: ``Host`` header names accepted (``None``: any); a loopback server accepts only
             loopback names, so a web page cannot reach it through DNS rebinding.
@@ -45,6 +47,7 @@ class ServerConfig:
     max_top_k: int = 1000
     request_timeout: float = 60.0
     max_batch_tokens: int = 16384
+    batch_wait: float = 0.005
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] | None = None
     served_model_name: str | None = None
@@ -59,6 +62,8 @@ class ServerConfig:
             raise ConfigError(f"max_input_length={self.max_input_length} is not valid; expected >= 1")
         if self.max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens={self.max_batch_tokens} is not valid; expected >= 1")
+        if not 0 <= self.batch_wait <= 1:
+            raise ConfigError(f"batch_wait={self.batch_wait!r} is not valid; expected 0 to 1 second")
         for name in ("request_timeout", "graceful_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not valid; expected seconds > 0")

@@ -4,8 +4,10 @@ Every request's texts go into one queue as a job; the worker thread takes the ol
 job of the same kind (same route and options) up to a token cap, runs them as one call of the batching
 engine (which sorts by length and fills token-budget batches), and hands each job its own slice of the
 outputs through a future. Many small concurrent requests therefore cost what one large call costs, as in
-TEI's router and infinity's batch handler. A job whose caller gave up (timeout, disconnect) before the
-worker reached it is dropped without running.
+TEI's router and infinity's batch handler. Requests that are still being tokenized are announced
+(``expect``); while any are on their way, the worker waits up to ``batch_wait`` seconds for them to join
+the group, so a burst of small requests becomes one full call instead of a small one followed by the rest.
+A job whose caller gave up (timeout, disconnect) before the worker reached it is dropped without running.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class ModelWorker:
         max_batch_tokens: most tokens one group gathers from many jobs (a single larger job runs alone).
         warmup: called once on the worker thread before the first job; the worker is ``ready`` after it.
         stats: metrics hooks.
+        batch_wait: most seconds a group waits for announced jobs (``expect``) still on their way; the
+            worker never waits when none is announced, so a lone request starts at once.
 
     Example:
         >>> worker = ModelWorker({"double": lambda key, items: [2 * x for x in items]})
@@ -69,14 +73,17 @@ class ModelWorker:
         max_batch_tokens: int = 16384,
         warmup: Callable[[], None] | None = None,
         stats: WorkerStats | None = None,
+        batch_wait: float = 0.005,
     ) -> None:
         self.runners = runners
+        self.batch_wait = batch_wait
         self.max_batch_tokens = max_batch_tokens
         self.warmup = warmup
         self.stats = stats or WorkerStats()
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self._jobs: deque[Job] = deque()
+        self._incoming = 0  # announced jobs not submitted yet
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -98,13 +105,32 @@ class ModelWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, key: Hashable, items: list[Any], tokens: int) -> Future:
-        """Queue ``items`` for the runner of ``key[0]``; the future resolves to their outputs in order."""
+    def expect(self) -> None:
+        """Announce a job that is on its way (being tokenized); ``submit(..., expected=True)`` or
+        ``unexpect`` must follow."""
+        with self._cond:
+            self._incoming += 1
+
+    def unexpect(self) -> None:
+        """An announced job will not come (its request failed before submitting)."""
+        with self._cond:
+            self._incoming = max(0, self._incoming - 1)
+            self._cond.notify_all()
+
+    def submit(self, key: Hashable, items: list[Any], tokens: int, *, expected: bool = False) -> Future:
+        """Queue ``items`` for the runner of ``key[0]``; the future resolves to their outputs in order.
+
+        ``expected``: this job was announced by ``expect`` (the announcement ends here, even on an error).
+        """
         if not isinstance(key, tuple) or key[0] not in self.runners:
+            if expected:
+                self.unexpect()
             raise KeyError(f"no runner for job key {key!r}")
         self.start()
         job = Job(key, items, max(1, tokens))
         with self._cond:
+            if expected:
+                self._incoming = max(0, self._incoming - 1)
             if self._stopping:
                 raise RuntimeError("the model worker is shutting down")
             self._jobs.append(job)
@@ -144,18 +170,31 @@ class ModelWorker:
                 self._cond.wait()
             first = self._jobs.popleft()
             group, tokens = [first], first.tokens
-            kept: deque[Job] = deque()
-            while self._jobs:
-                job = self._jobs.popleft()
-                if job.key == first.key and tokens + job.tokens <= self.max_batch_tokens:
-                    group.append(job)
-                    tokens += job.tokens
-                else:
-                    kept.append(job)
-            self._jobs = kept
+            tokens = self._gather(group, tokens)
+            deadline = time.perf_counter() + self.batch_wait
+            # requests still being tokenized are about to arrive: let them join rather than run next time
+            while self._incoming > 0 and tokens < self.max_batch_tokens and not self._stopping:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+                tokens = self._gather(group, tokens)
             self.stats.queued(len(self._jobs))
         # a future cancelled by its caller (timeout, disconnect) is dropped; the rest are marked running
         return [job for job in group if job.future.set_running_or_notify_cancel()]
+
+    def _gather(self, group: list[Job], tokens: int) -> int:
+        """Move queued jobs of the group's kind into it, up to the token cap (under the lock)."""
+        kept: deque[Job] = deque()
+        while self._jobs:
+            job = self._jobs.popleft()
+            if job.key == group[0].key and tokens + job.tokens <= self.max_batch_tokens:
+                group.append(job)
+                tokens += job.tokens
+            else:
+                kept.append(job)
+        self._jobs = kept
+        return tokens
 
     def _run(self, group: list[Job]) -> None:
         if not group:
