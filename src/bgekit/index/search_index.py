@@ -44,7 +44,7 @@ from bgekit.index.ann import (
 )
 from bgekit.inference.arrays import dense_array
 from bgekit.inference.inputs import as_text_list, corpus_item_text
-from bgekit.inference.reranker import ranked_indices
+from bgekit.inference.ranking import ranked_indices
 from bgekit.io import atomic_open, fsync_dir, read_corpus, replace_folder
 from bgekit.optional import require_faiss
 

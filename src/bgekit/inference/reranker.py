@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference.embedder import file_fingerprint
 from bgekit.inference.inputs import apply_instruction, corpus_item_text
+from bgekit.inference.ranking import ranked_indices
 from bgekit.inference.rerank_heads import (
     cross_encoder_scores,
     decoder_parts,
@@ -88,18 +88,6 @@ class _RerankerFactory:
 
     def __call__(self, device: str) -> Reranker:
         return Reranker(self.folder, device=device, **self.kwargs)
-
-
-def ranked_indices(scores: Sequence[float], top_k: int | None = None) -> list[int]:
-    """Positions of ``scores`` best first, the best ``top_k`` (all by default); equal scores keep their
-    input order (a stable sort), the rule of ``Reranker.rank`` and of every reranked list in bgekit.
-
-    Example:
-        >>> ranked_indices([0.5, 2.0, 0.5], top_k=2)
-        [1, 0]
-    """
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return order if top_k is None else order[:top_k]
 
 
 class Reranker:
