@@ -56,7 +56,7 @@ def resolve_settings(model_args: ModelArguments, data_args: DataArguments) -> tu
     if "kind" not in origin:
         from transformers import AutoConfig
 
-        from bgekit.inference.embedder import is_decoder_only
+        from bgekit.inference.kinds import is_decoder_only
 
         config = AutoConfig.from_pretrained(folder, trust_remote_code=model_args.trust_remote_code)
         if is_decoder_only(config):

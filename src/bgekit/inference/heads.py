@@ -5,6 +5,9 @@ M3's sparse (lexical) and multi-vector (ColBERT) heads live here too; a model is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -71,11 +74,12 @@ class M3Heads(torch.nn.Module):
         self.colbert_linear = torch.nn.Linear(hidden_size, colbert_size)
 
     @classmethod
-    def from_folder(cls, folder: str, hidden_size: int) -> M3Heads:
-        """Load both head files from ``folder`` (float32, CPU); errors name the file at fault."""
+    def from_folder(cls, folder: str, hidden_size: int, *, colbert_dim: int | None = None) -> M3Heads:
+        """Load both head files from ``folder`` (float32, CPU); errors name the file at fault, and a
+        ``colbert_dim`` larger than the ColBERT head is a ConfigError."""
         import os
 
-        from bgekit.errors import ModelLoadError
+        from bgekit.errors import ConfigError, ModelLoadError
 
         states = {}
         for name in (SPARSE_FILE, COLBERT_FILE):
@@ -103,6 +107,11 @@ class M3Heads(torch.nn.Module):
         heads = cls(hidden_size, int(states[COLBERT_FILE]["weight"].shape[0]))
         heads.sparse_linear.load_state_dict(states[SPARSE_FILE])
         heads.colbert_linear.load_state_dict(states[COLBERT_FILE])
+        if colbert_dim is not None and colbert_dim > heads.colbert_size:
+            raise ConfigError(
+                f"colbert_dim={colbert_dim} exceeds the ColBERT head's size "
+                f"{heads.colbert_size} ({os.path.join(folder, COLBERT_FILE)})"
+            )
         return heads.float().eval()
 
     @property
@@ -175,3 +184,66 @@ def colbert_vectors(
         vectors = F.normalize(vectors, p=2, dim=-1)
     counts = mask.sum(dim=1).tolist()
     return [part.numpy() for part in torch.split(vectors.cpu(), counts)]
+
+
+@dataclass(frozen=True)
+class DenseOptions:
+    """How an embedder turns hidden states into its outputs: pooling, Matryoshka truncation, L2
+    normalisation of dense vectors, and the ColBERT vectors' size and normalisation."""
+
+    pooling: str
+    truncate_dim: int | None
+    normalize: bool
+    colbert_dim: int | None = None
+    colbert_normalize: bool = True
+
+
+def embed_batch(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    heads: tuple[bool, bool, bool] | None,
+    options: DenseOptions,
+    m3_heads: M3Heads | None = None,
+    unused_ids: torch.Tensor | None = None,
+) -> Any:
+    """One padded batch through the backbone and the heads: a (batch, dim) CPU tensor of dense vectors,
+    or for ``heads`` (BGE-M3's dense, sparse, ColBERT flags) a dict with ``dense``/``sparse``/``colbert``."""
+    mask = batch["attention_mask"]
+    with torch.inference_mode():
+        hidden = model(**batch, return_dict=True).last_hidden_state
+        if heads is None:
+            pooled = pool(hidden, mask, options.pooling)
+            return finish_dense(pooled, truncate_dim=options.truncate_dim, normalize=options.normalize).cpu()
+        assert m3_heads is not None and unused_ids is not None
+        out: dict[str, Any] = {}
+        if heads[0]:
+            pooled = pool(hidden, mask, options.pooling)
+            out["dense"] = finish_dense(
+                pooled, truncate_dim=options.truncate_dim, normalize=options.normalize
+            ).cpu()
+        if heads[1]:
+            out["sparse"] = lexical_weights(
+                hidden, batch["input_ids"], mask, m3_heads.sparse_linear, unused_ids
+            )
+        if heads[2]:
+            out["colbert"] = colbert_vectors(
+                hidden,
+                mask,
+                m3_heads.colbert_linear,
+                dim=options.colbert_dim,
+                normalize=options.colbert_normalize,
+            )
+        return out
+
+
+def forward_arguments(model: Any) -> set[str] | None:
+    """Names the model's ``forward`` takes (so a decoder never gets ``token_type_ids``), or None for any."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None if "token_type_ids" in parameters else set(parameters) | {"attention_mask", "input_ids"}
+    return set(parameters)

@@ -1,11 +1,16 @@
-"""Validating and formatting user inputs: texts, corpus items, instructions."""
+"""Validating and formatting user inputs: texts, corpus items, instructions, ICL few-shot prompts."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bgekit.errors import InputError
+from bgekit.errors import ConfigError, InputError
+
+ICL_SUFFIX = "\n<response>"
+"""What FlagICLModel puts after each query."""
+ICL_EXAMPLE_FORMAT = "<instruct>{}\n<query>{}\n<response>{}"
+"""How FlagICLModel writes one few-shot example (instruction, query, response)."""
 
 
 def check_unicode(text: str, where: str) -> str:
@@ -88,3 +93,78 @@ def apply_instruction(texts: list[str], instruction: str | None, fmt: str) -> li
     if not instruction:
         return texts
     return [fmt.format(instruction, text) for text in texts]
+
+
+def icl_prefix(
+    examples: Sequence[Mapping[str, str]] | None, default_instruct: str, example_format: str
+) -> str:
+    """The few-shot prefix put before each ICL query: the examples joined by blank lines.
+
+    Example:
+        >>> icl_prefix([{"query": "q", "response": "r"}], "Find it.", ICL_EXAMPLE_FORMAT)
+        '<instruct>Find it.\\n<query>q\\n<response>r\\n\\n'
+    """
+    if not examples:
+        return ""
+    parts = [
+        example_format.format(
+            example.get("instruct", default_instruct), example.get("query", ""), example.get("response", "")
+        )
+        for example in examples
+    ]
+    return "\n\n".join(parts) + "\n\n"
+
+
+def icl_queries(
+    tokenizer: Any, texts: list[str], max_length: int, prefix: str, suffix: str, *, appended_eos: bool
+) -> tuple[list[str], int]:
+    """``prefix + query + suffix`` strings and the length limit for them, as ``FlagICLModel`` builds.
+
+    The query alone is truncated so that it, the suffix and the special tokens the tokenizer adds (and
+    the EOS appended when ``appended_eos``) fit in ``max_length``; the examples come on top. FlagEmbedding
+    counts ``<s>``/``</s>`` here whatever the tokenizer's own special tokens are.
+    """
+    if not texts:
+        return texts, max_length
+    prefix_len = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    suffix_len = len(tokenizer(suffix, add_special_tokens=False)["input_ids"])
+    reserved = tokenizer.num_special_tokens_to_add(pair=False) + suffix_len + appended_eos
+    budget = max_length - reserved
+    if budget < 1:
+        raise ConfigError(
+            f"query max_length={max_length} leaves no room for the query once the ICL suffix "
+            f"({suffix_len} tokens) and special tokens ({reserved - suffix_len}) are counted"
+        )
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=budget)["input_ids"]
+    bodies = tokenizer.batch_decode(ids)
+    limit = (prefix_len + suffix_len + max_length + 8) // 8 * 8 + 8
+    return [prefix + body + suffix for body in bodies], limit
+
+
+def eos_to_append(tokenizer: Any) -> int | None:
+    """The EOS id to append to every text for ``append_eos=True`` (``None`` when the tokenizer already
+    ends texts with it), or ConfigError when the tokenizer has no EOS token."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("append_eos=True but the tokenizer has no eos_token; set one or turn it off")
+    probe = tokenizer("a")["input_ids"]
+    return None if probe and probe[-1] == eos else int(eos)
+
+
+def tokenize_appending(
+    tokenizer: Any, texts: list[str], max_length: int, *, truncate: bool, eos: int | None
+) -> list[dict[str, list[int]]]:
+    """Token ids of ``texts`` (one unpadded feature dict each), with ``eos`` appended when given: the
+    text is then cut one token shorter so the EOS still fits in ``max_length``."""
+    from bgekit.engine import tokenize_texts
+
+    if eos is None:
+        return tokenize_texts(tokenizer, texts, max_length, truncation=truncate)
+    if max_length < 2:
+        raise ConfigError(f"max_length={max_length} leaves no room for the text and the appended EOS")
+    features = tokenize_texts(tokenizer, texts, max_length - 1, truncation=truncate)
+    for feature in features:
+        feature["input_ids"] = [*feature["input_ids"], eos]
+        if "token_type_ids" in feature:
+            feature["token_type_ids"] = [*feature["token_type_ids"], 0]
+    return features

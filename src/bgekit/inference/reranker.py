@@ -8,17 +8,15 @@ code), all through the one batching engine and device pool the embedders use.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
 import numpy as np
 import torch
 
-from bgekit.engine import BatchEngine, DevicePool, batch_overhead_tokens, pad_sequences
-from bgekit.engine.pool import split_evenly
+from bgekit.engine import BatchEngine, batch_overhead_tokens, pad_sequences
 from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
-from bgekit.inference.embedder import file_fingerprint
+from bgekit.inference.base import RUNTIME_ARGS, DeviceModel, file_fingerprint, merge_adapter
 from bgekit.inference.inputs import apply_instruction, corpus_item_text
 from bgekit.inference.ranking import ranked_indices
 from bgekit.inference.rerank_heads import (
@@ -32,15 +30,9 @@ from bgekit.inference.rerank_heads import (
 )
 from bgekit.inference.rerank_inputs import CrossEncoderInputs, PromptInputs, as_pair_list
 from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranker_settings
-from bgekit.inference.runtime import check_batch_size, resolve_runtime
+from bgekit.inference.runtime import check_batch_size
 from bgekit.models import reranker_registry
-from bgekit.models.loading import (
-    load_config,
-    load_pretrained,
-    load_tokenizer,
-    resolve_model_folder,
-)
-from bgekit.models.settings import write_saved_settings
+from bgekit.models.loading import load_config, load_pretrained, load_tokenizer
 
 DEFAULT_BATCH_SIZE = 128
 """FlagEmbedding's reranker batch size."""
@@ -48,20 +40,7 @@ DEFAULT_MAX_TOKENS_PER_BATCH = 32768  # on GPUs; CPUs use engine.CPU_MAX_TOKENS_
 """Padded tokens per batch: short pairs batch wide, long ones stay within memory."""
 
 _SETTING_ARGS = tuple(RerankerSettings.field_names())
-_RUNTIME_ARGS = (
-    "device",
-    "devices",
-    "batch_size",
-    "max_tokens_per_batch",
-    "show_progress",
-    "trust_remote_code",
-    "peft_path",
-    "revision",
-    "cache_dir",
-    "backend",
-    "quantization",
-    "worker_timeout",
-)
+_RUNTIME_ARGS = (*RUNTIME_ARGS, "peft_path")
 _CALL_ARGS = (
     "batch_size",
     "max_length",
@@ -80,17 +59,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-class _RerankerFactory:
-    """Builds the same reranker on a given device inside a worker process (picklable)."""
-
-    def __init__(self, folder: str, kwargs: dict[str, Any]) -> None:
-        self.folder, self.kwargs = folder, kwargs
-
-    def __call__(self, device: str) -> Reranker:
-        return Reranker(self.folder, device=device, **self.kwargs)
-
-
-class Reranker:
+class Reranker(DeviceModel):
     """Score (query, passage) pairs with a cross-encoder or an LLM reranker.
 
     Args:
@@ -124,33 +93,22 @@ class Reranker:
         [2.71...]
     """
 
+    settings_section = "reranker"
+    onnx_task = "sequence-classification"
+    default_batch_size = DEFAULT_BATCH_SIZE
+    settings: RerankerSettings
+
     def __init__(self, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> None:
-        valid = _SETTING_ARGS + _RUNTIME_ARGS
-        reject_unknown_kwargs("Reranker", {k: v for k, v in kwargs.items() if k not in valid}, valid)
-        model_name_or_path = os.fspath(model_name_or_path)
-        self.name_or_path = model_name_or_path
-        self.folder = resolve_model_folder(
-            model_name_or_path, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir")
-        )
-        self.trust_remote_code = bool(kwargs.get("trust_remote_code", False))
+        self._open(model_name_or_path, kwargs, _SETTING_ARGS + _RUNTIME_ARGS)
         self.peft_path = kwargs.get("peft_path")
         self.config = self._load_config()
 
         explicit = {k: kwargs.get(k) for k in _SETTING_ARGS}
         self.settings, self.settings_origin = resolve_reranker_settings(
-            model_name_or_path, self.folder, explicit, self.config
+            self.name_or_path, self.folder, explicit, self.config
         )
         self.kind: str = str(self.settings.kind)
-        self.batch_size = int(kwargs.get("batch_size") or DEFAULT_BATCH_SIZE)
-        self.show_progress = kwargs.get("show_progress")
-
-        runtime = resolve_runtime(kwargs, self.settings.dtype or "fp32", DEFAULT_MAX_TOKENS_PER_BATCH)
-        self.devices, self.device = runtime.devices, runtime.device
-        self.max_tokens_per_batch = runtime.max_tokens_per_batch
-        self.backend, self.quantization = runtime.backend, runtime.quantization
-        self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
-        self._requested_dtype = runtime.requested_dtype
-        self.worker_timeout = runtime.worker_timeout
+        self._init_runtime(kwargs, self.settings.dtype or "fp32", DEFAULT_MAX_TOKENS_PER_BATCH)
 
         self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
         original_pad_id = self.tokenizer.pad_token_id
@@ -174,8 +132,6 @@ class Reranker:
                 raise ModelLoadError(f"the tokenizer of {self.folder!r} turns 'Yes' into no tokens")
             # the token the model was trained to predict: FlagEmbedding's training takes the last piece
             self.yes_token_id = int(yes[-1])
-        self._model: Any = None
-        self._pool: DevicePool | None = None
         self._check_call_settings(
             self.settings.max_length, self.settings.query_max_length, self.settings.cutoff_layers
         )
@@ -206,16 +162,9 @@ class Reranker:
                     f"max_position_embeddings={positions}); use max_length <= {positions - offset}"
                 )
 
-    def _onnx_graph(self) -> str:
-        """The exported (cached) ONNX graph of this cross-encoder; exported here on first use."""
-        from bgekit.inference.embedder import file_fingerprint
-        from bgekit.inference.onnx_backend import export_onnx
-
+    def _check_onnx(self) -> None:
         if self.kind != "cross-encoder":
             raise ConfigError(f"backend='onnx' supports cross-encoders only, not {self.kind!r} rerankers")
-        return export_onnx(
-            self.folder, "sequence-classification", self.quantization, file_fingerprint(self.folder)[:16]
-        )
 
     def _load_model(self) -> Any:
         if self._model is not None:
@@ -223,9 +172,7 @@ class Reranker:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         if self.backend == "onnx":
-            from bgekit.inference.onnx_backend import OnnxRunner
-
-            self._model = OnnxRunner(self._onnx_graph(), "sequence-classification")
+            self._model = self._onnx_runner()
             return self._model
         if self.kind == "cross-encoder":
             model = load_pretrained(
@@ -254,7 +201,7 @@ class Reranker:
                 trust_remote_code=self.trust_remote_code,
             )
             if self.peft_path:
-                model = _merge_adapter(model, str(self.peft_path))
+                model = merge_adapter(model, str(self.peft_path), "peft_path")
             if self.kind == "lightweight" and not forward_accepts(model, "compress_ratio"):
                 raise ConfigError(
                     f"{type(model).__name__} has no token compression (its forward takes no compress_ratio); "
@@ -264,11 +211,6 @@ class Reranker:
                 self.kind = "layerwise"  # a checkpoint with per-layer heads: its logits are per layer
         self._model = model
         return model
-
-    @property
-    def model(self) -> Any:
-        """The ``transformers`` model, loaded on first use in multi-device mode."""
-        return self._load_model()
 
     def _layer_range(self) -> tuple[int, int]:
         """The cutoff layers this model can score from (inclusive)."""
@@ -307,41 +249,8 @@ class Reranker:
 
     def _worker_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = self.settings.to_dict()
-        kwargs.update(
-            kind=self.kind,
-            dtype=self._requested_dtype,
-            batch_size=self.batch_size,
-            max_tokens_per_batch=self.max_tokens_per_batch,
-            show_progress=False,
-            trust_remote_code=self.trust_remote_code,
-            peft_path=self.peft_path,
-            backend=self.backend,
-            quantization=self.quantization,
-        )
+        kwargs.update(self._runtime_kwargs(), kind=self.kind, peft_path=self.peft_path)
         return kwargs
-
-    def _get_pool(self) -> DevicePool:
-        if self._pool is None or self._pool.closed:
-            if self.backend == "onnx":
-                self._onnx_graph()  # exported once here, not by every worker at the same time
-            self._pool = DevicePool(
-                _RerankerFactory(self.folder, self._worker_kwargs()),
-                self.devices,
-                timeout=self.worker_timeout,
-            )
-        return self._pool
-
-    def close(self) -> None:
-        """Stop worker processes, if any (also done at exit)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
-    def __enter__(self) -> Reranker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -------------------------------------------------------------------------------------- scoring
     def compute_score(self, sentence_pairs: Any, **kwargs: Any) -> Any:
@@ -373,10 +282,10 @@ class Reranker:
         if not pairs:
             return []
         if len(self.devices) > 1 and len(pairs) > 1:
-            ranges = split_evenly(len(pairs), len(self.devices) * 4)
-            parts = self._get_pool().map(
+            parts = self._map_split(
                 "_score_local",
-                [(pairs[a:b], {**options, "show_progress": False, "position_offset": a}) for a, b in ranges],
+                len(pairs),
+                lambda a, b: (pairs[a:b], {**options, "show_progress": False, "position_offset": a}),
             )
             logits = np.concatenate(parts, axis=0)
         else:
@@ -521,24 +430,10 @@ class Reranker:
         return out.numpy().astype(np.float32)
 
     # ---------------------------------------------------------------------------------------- saving
-    def save_pretrained(self, path: str) -> None:
-        """Save weights (safetensors), tokenizer and ``bgekit.json`` so ``Reranker(path)`` reloads as is.
-
-        Example:
-            >>> reranker.save_pretrained("my-reranker/")   # doctest: +SKIP
-        """
-        if self.backend != "torch":
-            raise ConfigError(
-                "save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)"
-            )
-        os.makedirs(path, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        settings = self.settings.to_dict()
+    def _saved_settings(self) -> dict[str, Any]:
+        settings = super()._saved_settings()
         settings["kind"] = self.kind
-        if settings.get("dtype") is None:
-            settings.pop("dtype")
-        write_saved_settings(path, "reranker", settings)
+        return settings
 
     def fingerprint(self) -> str:
         """A hash of everything that changes this reranker's scores: model files, settings, dtype.
@@ -547,14 +442,15 @@ class Reranker:
             >>> reranker.fingerprint()   # doctest: +SKIP
             '3f9c0a...'
         """
-        digest = hashlib.sha256()
-        digest.update(repr(sorted(self.settings.to_dict().items())).encode())
-        digest.update(f"{self.backend}/{self.quantization}".encode())
-        digest.update(f"{self.kind}|{self.dtype}|{self.peft_path}".encode())
-        digest.update(file_fingerprint(self.folder).encode())
+        parts = [
+            repr(sorted(self.settings.to_dict().items())),
+            f"{self.backend}/{self.quantization}",
+            f"{self.kind}|{self.dtype}|{self.peft_path}",
+            file_fingerprint(self.folder),
+        ]
         if self.peft_path and os.path.isdir(str(self.peft_path)):
-            digest.update(file_fingerprint(str(self.peft_path)).encode())
-        return digest.hexdigest()[:16]
+            parts.append(file_fingerprint(str(self.peft_path)))
+        return self._digest(parts)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -562,18 +458,6 @@ class Reranker:
             f"Reranker({self.name_or_path!r}, kind={self.kind!r}, normalize={s.normalize}, "
             f"max_length={s.max_length}, dtype={self.dtype!r}, devices={self.devices})"
         )
-
-
-def _merge_adapter(model: Any, peft_path: str) -> Any:
-    try:
-        from peft import PeftModel
-    except ImportError as exc:
-        raise ConfigError("peft_path needs the peft package: pip install 'bgekit[train]'") from exc
-    try:
-        merged = PeftModel.from_pretrained(model, peft_path).merge_and_unload()
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load the adapter at {peft_path!r}: {exc}") from exc
-    return merged.eval()
 
 
 class AutoReranker:

@@ -1,0 +1,255 @@
+"""What every model that runs on devices shares: runtime, worker pool, ONNX graph, adapters, save, fingerprint.
+
+``Embedder`` and ``Reranker`` derive from :class:`DeviceModel`, as transformers' models derive from
+``PreTrainedModel``: the base carries loading of the runtime (devices, dtype, token budget, backend),
+the pool of worker processes with its multi-device split, the context manager, the cached ONNX export,
+merging a PEFT adapter, ``save_pretrained`` and the fingerprint; a subclass holds only what makes it
+different (its settings, inputs and forward).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from bgekit.engine import DevicePool
+from bgekit.engine.pool import split_evenly
+from bgekit.errors import ConfigError, ModelLoadError, reject_unknown_kwargs
+from bgekit.inference.runtime import resolve_runtime
+from bgekit.models.loading import resolve_model_folder
+from bgekit.models.settings import write_saved_settings
+
+RUNTIME_ARGS = (
+    "device",
+    "devices",
+    "batch_size",
+    "max_tokens_per_batch",
+    "show_progress",
+    "trust_remote_code",
+    "revision",
+    "cache_dir",
+    "backend",
+    "quantization",
+    "worker_timeout",
+)
+"""The keyword arguments every model takes for where and how it runs (see ``runtime``)."""
+
+
+_Model = TypeVar("_Model", bound="DeviceModel")
+
+
+class _ModelFactory:
+    """Builds the same model on a given device inside a worker process (picklable)."""
+
+    def __init__(self, cls: type[DeviceModel], folder: str, kwargs: dict[str, Any]) -> None:
+        self.cls, self.folder, self.kwargs = cls, folder, kwargs
+
+    def __call__(self, device: str) -> DeviceModel:
+        return self.cls(self.folder, device=device, **self.kwargs)
+
+
+class DeviceModel:
+    """The base of ``Embedder`` and ``Reranker``: a Hugging Face model on one device or several.
+
+    A subclass sets ``settings_section`` (its part of ``bgekit.json``), ``onnx_task`` and
+    ``default_batch_size``, calls :meth:`_open` and :meth:`_init_runtime` from its ``__init__``, and
+    implements ``_load_model``, ``_worker_kwargs`` (its own arguments for a worker's copy) and, where it
+    differs, ``_check_onnx``, ``_saved_settings`` and ``_save_extra_files``.
+    """
+
+    settings_section: ClassVar[str]
+    onnx_task: ClassVar[str]
+    default_batch_size: ClassVar[int]
+    settings: Any
+
+    # ---------------------------------------------------------------------------------------- loading
+    def _open(
+        self, model_name_or_path: str | os.PathLike[str], kwargs: dict[str, Any], valid: Sequence[str]
+    ) -> None:
+        """Check the keyword arguments, find the model folder and read the arguments every model takes."""
+        reject_unknown_kwargs(type(self).__name__, {k: v for k, v in kwargs.items() if k not in valid}, valid)
+        self.name_or_path = os.fspath(model_name_or_path)
+        self.folder = resolve_model_folder(
+            self.name_or_path, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir")
+        )
+        self.trust_remote_code = bool(kwargs.get("trust_remote_code", False))
+        self.batch_size = int(kwargs.get("batch_size") or self.default_batch_size)
+        self.show_progress = kwargs.get("show_progress")
+        self._model: Any = None
+        self._pool: DevicePool | None = None
+
+    def _init_runtime(self, kwargs: dict[str, Any], default_dtype: str, default_max_tokens: int) -> None:
+        """Resolve devices, dtype, token budget, backend and quantisation (see ``runtime``)."""
+        runtime = resolve_runtime(kwargs, default_dtype, default_max_tokens)
+        self.devices: list[str] = runtime.devices
+        self.device: torch.device = runtime.device
+        self.max_tokens_per_batch = runtime.max_tokens_per_batch
+        self.backend, self.quantization = runtime.backend, runtime.quantization
+        self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
+        self._requested_dtype = runtime.requested_dtype
+        self.worker_timeout = runtime.worker_timeout
+
+    def _load_model(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def model(self) -> Any:
+        """The ``transformers`` model (or ONNX runner), loaded on first use in multi-device mode."""
+        return self._load_model()
+
+    def _check_onnx(self) -> None:
+        """Raise ConfigError when this model cannot run on the ONNX backend."""
+
+    def _onnx_graph(self) -> str:
+        """The exported (cached) ONNX graph of this model; exported here on first use."""
+        from bgekit.inference.onnx_backend import export_onnx
+
+        self._check_onnx()
+        return export_onnx(self.folder, self.onnx_task, self.quantization, file_fingerprint(self.folder)[:16])
+
+    def _onnx_runner(self) -> Any:
+        from bgekit.inference.onnx_backend import OnnxRunner
+
+        return OnnxRunner(self._onnx_graph(), self.onnx_task)
+
+    # ------------------------------------------------------------------------------------ worker pool
+    def _runtime_kwargs(self) -> dict[str, Any]:
+        """The runtime arguments a worker's copy is built with (each worker resolves ``dtype`` itself)."""
+        return dict(
+            dtype=self._requested_dtype,
+            batch_size=self.batch_size,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            show_progress=False,
+            trust_remote_code=self.trust_remote_code,
+            backend=self.backend,
+            quantization=self.quantization,
+        )
+
+    def _worker_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _get_pool(self) -> DevicePool:
+        if self._pool is None or self._pool.closed:
+            if self.backend == "onnx":
+                self._onnx_graph()  # exported once here, not by every worker at the same time
+            self._pool = DevicePool(
+                _ModelFactory(type(self), self.folder, self._worker_kwargs()),
+                self.devices,
+                timeout=self.worker_timeout,
+            )
+        return self._pool
+
+    def _map_split(
+        self, method: str, count: int, arguments: Callable[[int, int], tuple[Any, ...]]
+    ) -> list[Any]:
+        """Run ``method`` on the workers over ``count`` items split into even ranges (four per device);
+        ``arguments(start, end)`` gives one call's arguments. Returns the parts in input order."""
+        ranges = split_evenly(count, len(self.devices) * 4)
+        return self._get_pool().map(method, [arguments(a, b) for a, b in ranges])
+
+    def close(self) -> None:
+        """Stop worker processes, if any (also done at exit)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self: _Model) -> _Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- saving
+    def _saved_settings(self) -> dict[str, Any]:
+        """The settings written to ``bgekit.json`` (a dtype nobody asked for is left out)."""
+        settings: dict[str, Any] = self.settings.to_dict()
+        if settings.get("dtype") is None:
+            settings.pop("dtype", None)
+        return settings
+
+    def _save_extra_files(self, path: str) -> None:
+        """Write files beside the weights that this kind of model needs (heads)."""
+
+    def save_pretrained(self, path: str) -> None:
+        """Save weights (safetensors), tokenizer and ``bgekit.json`` so the model reloads from ``path`` as is.
+
+        Example:
+            >>> model.save_pretrained("my-model/")   # doctest: +SKIP
+        """
+        if self.backend != "torch":
+            raise ConfigError(
+                "save_pretrained needs backend='torch' (the ONNX graph is a cache, not a checkpoint)"
+            )
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        settings = self._saved_settings()
+        self._save_extra_files(path)
+        write_saved_settings(path, self.settings_section, settings)
+
+    @staticmethod
+    def _digest(parts: Iterable[str]) -> str:
+        """The 16-hex-digit fingerprint of ``parts`` (each subclass lists what changes its outputs)."""
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part.encode())
+        return digest.hexdigest()[:16]
+
+
+def file_fingerprint(folder: str, chunk: int = 1 << 20) -> str:
+    """Hash of a model folder's files (names, sizes, first and last ``chunk`` bytes), sub-folders included."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            # onnx/ holds bgekit's own exports of these weights: not part of the model's identity
+            if rel.startswith((".", "onnx" + os.sep)) or name.endswith((".md", ".lock")):
+                continue
+            size = os.path.getsize(path)
+            digest.update(f"{rel}:{size}".encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read(chunk))
+                if size > 2 * chunk:
+                    handle.seek(-chunk, os.SEEK_END)
+                    digest.update(handle.read(chunk))
+    return digest.hexdigest()
+
+
+def check_adapter_folder(adapter: Any, argument: str) -> str | None:
+    """``adapter`` as an absolute path to a PEFT adapter folder, or ``None``; ModelLoadError naming
+    ``argument`` when the folder holds no ``adapter_config.json``."""
+    if adapter is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(os.fspath(adapter)))
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise ModelLoadError(
+            f"{argument}={adapter!r} is not a PEFT adapter folder (expected adapter_config.json and "
+            "adapter_model.safetensors in it)"
+        )
+    return path
+
+
+def merge_adapter(model: Any, adapter: str, argument: str = "adapter") -> Any:
+    """Apply a PEFT (LoRA) adapter and merge it into the weights, so inference runs at full speed.
+
+    ``argument`` names the keyword the user passed the adapter as (``adapter`` or ``peft_path``).
+    """
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ConfigError(
+            f"{argument}={adapter!r} needs the peft package: pip install 'bgekit[train]' (or pip install peft)"
+        ) from exc
+    try:
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"could not apply the adapter in {adapter!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return merged.eval()
