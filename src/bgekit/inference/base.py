@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from bgekit.engine import DevicePool
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, ModelLoadError, reject_unknown_kwargs
+from bgekit.inference.onnx_backend import Task
 from bgekit.inference.runtime import resolve_runtime
 from bgekit.models.loading import resolve_model_folder
 from bgekit.models.settings import write_saved_settings
@@ -62,13 +63,17 @@ class DeviceModel:
     """
 
     settings_section: ClassVar[str]
-    onnx_task: ClassVar[str]
+    onnx_task: ClassVar[Task]
     default_batch_size: ClassVar[int]
     settings: Any
+    tokenizer: Any
+
+    def __init__(self, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> None:
+        raise NotImplementedError  # each model reads its own arguments (see _open and _init_runtime)
 
     # ---------------------------------------------------------------------------------------- loading
     def _open(
-        self, model_name_or_path: str | os.PathLike[str], kwargs: dict[str, Any], valid: Sequence[str]
+        self, model_name_or_path: str | os.PathLike[str], kwargs: dict[str, Any], valid: tuple[str, ...]
     ) -> None:
         """Check the keyword arguments, find the model folder and read the arguments every model takes."""
         reject_unknown_kwargs(type(self).__name__, {k: v for k, v in kwargs.items() if k not in valid}, valid)
@@ -94,7 +99,17 @@ class DeviceModel:
         self.worker_timeout = runtime.worker_timeout
 
     def _load_model(self) -> Any:
+        """The model on this process's device, loaded once: the ONNX runner or the torch model."""
+        if self._model is None:
+            self._model = self._onnx_runner() if self.backend == "onnx" else self._load_torch_model()
+            self._after_load()
+        return self._model
+
+    def _load_torch_model(self) -> Any:
         raise NotImplementedError
+
+    def _after_load(self) -> None:
+        """Move what the model needs beside it (heads) to its device."""
 
     @property
     def model(self) -> Any:

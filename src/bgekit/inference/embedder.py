@@ -147,26 +147,21 @@ class Embedder(M3Methods, DeviceModel):
                 "backend='onnx' supports encoder models (BERT, XLM-RoBERTa, M3) without adapters"
             )
 
-    def _load_model(self) -> Any:
-        if self._model is not None:
-            return self._model
-        if self.backend == "onnx":
-            self._model = self._onnx_runner()
-        else:
-            from transformers import AutoModel
+    def _load_torch_model(self) -> Any:
+        from transformers import AutoModel
 
-            self._model = load_pretrained(
-                AutoModel,
-                self.folder,
-                dtype=self.torch_dtype,
-                device=self.device,
-                trust_remote_code=self.trust_remote_code,
-            )
-            if self.adapter is not None:
-                self._model = merge_adapter(self._model, self.adapter, "adapter")
+        model = load_pretrained(
+            AutoModel,
+            self.folder,
+            dtype=self.torch_dtype,
+            device=self.device,
+            trust_remote_code=self.trust_remote_code,
+        )
+        return model if self.adapter is None else merge_adapter(model, self.adapter, "adapter")
+
+    def _after_load(self) -> None:
         if self.m3_heads is not None:
             self.m3_heads.to(self.device)
-        return self._model
 
     def _worker_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {k: getattr(self.settings, k) for k in _SETTING_ARGS}

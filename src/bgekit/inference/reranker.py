@@ -166,14 +166,9 @@ class Reranker(DeviceModel):
         if self.kind != "cross-encoder":
             raise ConfigError(f"backend='onnx' supports cross-encoders only, not {self.kind!r} rerankers")
 
-    def _load_model(self) -> Any:
-        if self._model is not None:
-            return self._model
+    def _load_torch_model(self) -> Any:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        if self.backend == "onnx":
-            self._model = self._onnx_runner()
-            return self._model
         if self.kind == "cross-encoder":
             model = load_pretrained(
                 AutoModelForSequenceClassification,
@@ -209,7 +204,6 @@ class Reranker(DeviceModel):
                 )
             if self.kind == "llm" and forward_accepts(model, "cutoff_layers"):
                 self.kind = "layerwise"  # a checkpoint with per-layer heads: its logits are per layer
-        self._model = model
         return model
 
     def _layer_range(self) -> tuple[int, int]:
