@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=default("graceful_timeout"),
         help="seconds a SIGTERM'd server lets requests in flight finish",
     )
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        help='multimodal models: the only folder whose files requests may name as {"path": ...} '
+        "images (default: none, images come as base64 only)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -123,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allowed_hosts=loopback_host_names(args.host),
         served_model_name=args.served_model_name,
         graceful_timeout=args.graceful_timeout,
+        image_root=args.image_root,
     )
 
 

@@ -6,6 +6,10 @@ Routes (only those whose model is loaded are served):
   embedder; sparse and multi-vector routes with a BGE-M3 embedder.
 - ``POST /rerank`` (TEI) and ``POST /v1/rerank`` (Cohere) with a reranker.
 - ``POST /search`` with an index (or a store).
+
+With a multimodal (BGE-VL) embedder, ``/v1/embeddings`` items may be ``{"text", "image"}`` objects and
+``/search`` takes ``image``: base64 or data-URI images, and files on the server only inside
+``ServerConfig.image_root`` (``bgekit.multimodal.payload``); nothing is fetched from a URL.
 - ``GET /info``, ``GET /health`` (503 until the model has answered a warm-up forward pass), ``GET /metrics``
   (Prometheus).
 
@@ -107,15 +111,21 @@ def create_app(
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import Request
+
+    from bgekit.multimodal.embedder import MultimodalEmbedder
+    from bgekit.multimodal.images import to_rgb
+    from bgekit.multimodal.index import MultimodalIndex
+    from bgekit.multimodal.payload import decode_image_reference
 
     if index is None and embedder is None and reranker is None:
         raise ConfigError("create_app needs an index, an embedder or a reranker to serve")
     config = config or ServerConfig()
     embedder = embedder if embedder is not None else getattr(index, "embedder", None)
     m3 = embedder is not None and getattr(embedder, "m3_heads", None) is not None
+    multimodal = isinstance(embedder, MultimodalEmbedder)
     model_name = config.served_model_name or public_name(getattr(embedder, "name_or_path", None))
     reranker_name = public_name(getattr(reranker, "name_or_path", None)) or (
         type(reranker).__name__ if reranker is not None else None
@@ -159,14 +169,29 @@ def create_app(
             )
         )
 
+    def run_embed_images(key: Any, items: list[tuple[Any, Any]]) -> list[Any]:
+        # items are (token features or None, decoded RGB image or None), prepared off this thread; the
+        # engine run is the one encode() makes over the same items
+        features, images = [f for f, _ in items], [image for _, image in items]
+        return list(embedder._run(features, images, embedder.batch_size, False, 0, False))
+
+    def run_search_images(key: Any, items: list[tuple[str | None, Any]]) -> list[Any]:
+        _, top_k, mode, with_text = key
+        texts = [text for text, _ in items] if with_text else None
+        images = [image for _, image in items]
+        return list(index.search(texts, top_k, images=images, mode=mode))
+
     def warmup() -> None:
         if embedder is not None:
             embedder.encode_features(embedder.tokenize(["ready"], 8), None, normalize=False)
         if reranker is not None:
             run_rerank(("rerank",), [("ready", "ready")])
 
+    runners: dict[str, Any] = {"embed": run_embed, "rerank": run_rerank, "search": run_search}
+    if multimodal:
+        runners.update(embed_images=run_embed_images, search_images=run_search_images)
     worker = ModelWorker(
-        {"embed": run_embed, "rerank": run_rerank, "search": run_search},
+        runners,
         max_batch_tokens=config.max_batch_tokens,
         batch_wait=config.batch_wait,
         warmup=warmup,
@@ -306,6 +331,115 @@ def create_app(
             {"Retry-After": "1"},
         )
 
+    def decode_images(refs: list[Any], names: list[str]) -> list[Any]:
+        """Request images as RGB ``PIL`` images (``None`` kept); an InputError names the field at fault."""
+        out: list[Any] = []
+        for ref, where in zip(refs, names, strict=True):
+            if ref is None:
+                out.append(None)
+                continue
+            data = decode_image_reference(
+                ref, where, file_root=config.image_root, max_bytes=config.max_image_bytes
+            )
+            try:
+                out.append(to_rgb(data))
+            except (OSError, ValueError, TypeError) as exc:
+                raise InputError(f"{where}: {exc}") from None
+        return out
+
+    def item_inputs(
+        texts: list[str | None], refs: list[Any], kind: str, field: str
+    ) -> tuple[list[Any], list[Any]]:
+        """Token features of the items' texts and their decoded images (run on the tokenizer thread)."""
+        started = time.perf_counter()
+        images = decode_images(refs, [f"{field}[{i}].image" for i in range(len(refs))])
+        with_text = [i for i, text in enumerate(texts) if text is not None]
+        features: list[Any] = [None] * len(texts)
+        if with_text:
+            prepared, limit = embedder.prepare([texts[i] for i in with_text], kind, input_limit)
+            cut = config.auto_truncate
+            for i, feature in zip(with_text, embedder.tokenize(prepared, limit, truncate=cut), strict=True):
+                if not cut and len(feature["input_ids"]) > limit:
+                    raise HTTPProblem(
+                        413,
+                        f"{field}[{i}].text has {len(feature['input_ids'])} tokens, more than the limit "
+                        f"of {limit}; shorten it",
+                    )
+                features[i] = feature
+        metrics.tokenize_seconds.observe(time.perf_counter() - started)
+        return features, images
+
+    async def embed_items(request: Any, items: list[Any], kind: str, field: str) -> tuple[list[Any], int]:
+        """Embed a list of texts and ``{"text", "image"}`` items: (outputs, text + image tokens)."""
+        check_count(len(items), field)
+        texts: list[str | None] = []
+        refs: list[Any] = []
+        for i, item in enumerate(items):
+            text, ref = (item, None) if isinstance(item, str) else (item.text, item.image)
+            if text is None and ref is None:
+                raise HTTPProblem(400, f"{field}[{i}]: give a text, an image or both")
+            if ref is not None and not multimodal:
+                raise HTTPProblem(
+                    400,
+                    f"{field}[{i}].image: this server's model embeds texts only; images need a "
+                    "multimodal (BGE-VL) model",
+                )
+            texts.append(text)
+            refs.append(ref)
+        if all(ref is None for ref in refs):
+            return await embed(request, None, [t or "" for t in texts], kind, None, field)
+        for i, text in enumerate(texts):
+            if text is not None:
+                check_texts([text], f"{field}[{i}].text")
+        worker.expect()
+        try:
+            loop = asyncio.get_running_loop()
+            features, images = await loop.run_in_executor(
+                tokenizer_thread, item_inputs, texts, refs, kind, field
+            )
+        except BaseException:
+            worker.unexpect()
+            raise
+        tokens = sum(len(f["input_ids"]) for f in features if f is not None)
+        tokens += embedder.image_tokens * sum(image is not None for image in images)
+        items_in = list(zip(features, images, strict=True))
+        return await submit(request, ("embed_images",), items_in, tokens, expected=True), tokens
+
+    async def search_images(body: Any, request: Any) -> Any:
+        if not isinstance(index, MultimodalIndex):
+            raise HTTPProblem(400, "image: this server's index is not multimodal; search it by text query")
+        if body.rerank:
+            raise HTTPProblem(400, "rerank=true: a text reranker cannot rerank image queries")
+        single = not isinstance(body.image, list)
+        refs = [body.image] if single else list(body.image)
+        queries = None if body.query is None else texts_of(body.query)
+        if queries is not None and (len(queries) != len(refs) or isinstance(body.query, str) != single):
+            raise HTTPProblem(
+                400,
+                f"query and image pair up item by item (composed queries), but {len(queries)} "
+                f"query text(s) and {len(refs)} image(s) were given",
+            )
+        check_count(len(refs), "image")
+        if queries is not None:
+            check_texts(queries, "query")
+        if not refs:
+            return JSONResponse({"results": []})
+        names = ["image"] if single else [f"image[{i}]" for i in range(len(refs))]
+        loop = asyncio.get_running_loop()
+        images = await loop.run_in_executor(tokenizer_thread, decode_images, refs, names)
+        key = ("search_images", body.top_k, body.mode, queries is not None)
+        tokens = sum(len(q) for q in queries or []) // 4 + embedder.image_tokens * len(refs)
+        texts: list[str | None] = list(queries) if queries is not None else [None] * len(refs)
+        results = await submit(request, key, list(zip(texts, images, strict=True)), tokens)
+        return JSONResponse(
+            {
+                "results": [
+                    {"query": q, "hits": [hit.to_dict() for hit in hits]}
+                    for q, hits in zip(texts, results, strict=True)
+                ]
+            }
+        )
+
     def dense_rows(vectors: list[np.ndarray], dimensions: int | None, normalize: bool) -> np.ndarray:
         matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, embedder.dim), np.float32)
         if dimensions is not None:
@@ -323,11 +457,23 @@ def create_app(
 
     # ------------------------------------------------------------------------------- schemas
     Texts = str | list[str]
+    ImageRef = str | dict[str, Any]
+
+    class EmbeddingItem(BaseModel):
+        """One item for a multimodal model: a text, an image, or both (a composed query)."""
+
+        model_config = ConfigDict(extra="forbid")
+        text: str | None = None
+        image: ImageRef | None = Field(
+            None, description='a base64 data URI or base64 string; {"path": ...} with --image-root'
+        )
 
     class EmbeddingRequest(BaseModel):
         """OpenAI's embeddings request (``input_type`` is bgekit's: which instruction applies)."""
 
-        input: Texts = Field(..., description="a text or a list of texts")
+        input: str | list[str | EmbeddingItem] = Field(
+            ..., description='a text or a list of texts (and {"text", "image"} items for a multimodal model)'
+        )
         model: str | None = None
         encoding_format: Literal["float", "base64"] = "float"
         dimensions: int | None = Field(None, ge=1, description="keep the first dimensions (Matryoshka)")
@@ -405,12 +551,21 @@ def create_app(
         meta: dict[str, Any]
 
     class SearchRequest(BaseModel):
-        query: Texts
+        query: Texts | None = None
+        image: ImageRef | list[ImageRef] | None = Field(
+            None, description="a multimodal index: one image or a list pairing up with query"
+        )
         top_k: int = Field(10, ge=1, le=max_top)
         mode: Literal["dense", "sparse", "hybrid"] | None = None
         weights: dict[Literal["dense", "sparse"], float] | None = None
         rerank: bool | None = None
         rerank_top_k: int = Field(100, ge=1, le=max_top)
+
+        @model_validator(mode="after")
+        def _query_or_image(self) -> Any:
+            if self.query is None and self.image is None:
+                raise ValueError("give query (a text or a list), or image with a multimodal index")
+            return self
 
     class SearchHit(BaseModel):
         id: str
@@ -420,7 +575,7 @@ def create_app(
         retrieval_score: float | None = None
 
     class SearchResult(BaseModel):
-        query: str
+        query: str | None
         hits: list[SearchHit]
 
     class SearchResponse(BaseModel):
@@ -435,10 +590,10 @@ def create_app(
         @app.post("/v1/embeddings", response_model=EmbeddingResponse)
         async def openai_embeddings(body: EmbeddingRequest, request: Request) -> Any:
             """Embeddings as OpenAI's API returns them (the ``openai`` client works unchanged)."""
-            texts = texts_of(body.input)
-            if not texts:
+            items = texts_of(body.input)  # type: ignore[arg-type]
+            if not items:
                 raise HTTPProblem(400, "input is an empty list; send at least one text")
-            vectors, tokens = await embed(request, None, texts, PROMPT_KINDS[body.input_type], None, "input")
+            vectors, tokens = await embed_items(request, items, PROMPT_KINDS[body.input_type], "input")
             rows = dense_rows(vectors, body.dimensions, bool(embedder.settings.normalize))
             data = [
                 {
@@ -547,12 +702,14 @@ def create_app(
         @app.post("/search", response_model=SearchResponse)
         async def search(body: SearchRequest, request: Request) -> Any:
             """The ``top_k`` best documents of each query, reranked when the server has a reranker."""
+            if body.image is not None:
+                return await search_images(body, request)
             use_reranker = reranker is not None if body.rerank is None else body.rerank
             if use_reranker and reranker is None:
                 raise HTTPProblem(
                     400, "rerank=true but this server has no reranker: start it with --reranker"
                 )
-            queries = texts_of(body.query)
+            queries = texts_of(body.query if body.query is not None else [])  # checked: never None
             check_texts(queries, "query")
             if not queries:
                 return {"results": []}

@@ -4,6 +4,7 @@ CLI's defaults too."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,6 +34,9 @@ class ServerConfig:
             loopback names, so a web page cannot reach it through DNS rebinding.
         served_model_name: the model name the API reports (never a local path).
         graceful_timeout: seconds a SIGTERM'd server lets requests in flight finish.
+        image_root: the only folder whose files a multimodal server's requests may name as images
+            (``{"path": ...}``, resolved strictly inside it); ``None`` (default): no server files at all.
+        max_image_bytes: most bytes of one request image once base64-decoded (400 beyond it).
 
     Example:
         >>> ServerConfig(max_client_batch_size=64).max_client_batch_size
@@ -52,9 +56,17 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] | None = None
     served_model_name: str | None = None
     graceful_timeout: float = 30.0
+    image_root: str | None = None
+    max_image_bytes: int = 20 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_client_batch_size", "payload_limit", "max_concurrent_requests", "max_top_k"):
+        for name in (
+            "max_client_batch_size",
+            "payload_limit",
+            "max_concurrent_requests",
+            "max_top_k",
+            "max_image_bytes",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}={value!r} is not valid; expected an integer >= 1")
@@ -69,6 +81,8 @@ class ServerConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not valid; expected seconds > 0")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError("api_key is shorter than 8 characters; use a long random key")
+        if self.image_root is not None and not os.path.isdir(self.image_root):
+            raise ConfigError(f"image_root={self.image_root!r} is not a folder (--image-root)")
 
     def __repr__(self) -> str:  # the key never reaches a log
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
