@@ -166,3 +166,15 @@ def test_search_by_image_finds_the_same_photo_first(model, index, photos):
         # text search is unchanged
         text = client.post("/search", json={"query": "a cat", "top_k": 2}).json()["results"]
         assert text[0]["hits"] == [h.to_dict() for h in index.search("a cat", top_k=2)]
+
+
+def test_the_image_root_flag(photo_dir):
+    import argparse
+
+    from bgekit.cli.serve import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args([])).image_root is None
+    config = config_from_args(parser.parse_args(["--image-root", str(photo_dir)]))
+    assert config.image_root == str(photo_dir)
