@@ -388,9 +388,7 @@ def create_app(
             refs.append(ref)
         if all(ref is None for ref in refs):
             return await embed(request, None, [t or "" for t in texts], kind, None, field)
-        for i, text in enumerate(texts):
-            if text is not None:
-                check_texts([text], f"{field}[{i}].text")
+        check_texts([text or "" for text in texts], field)
         worker.expect()
         try:
             loop = asyncio.get_running_loop()
