@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -114,5 +115,26 @@ def test_a_group_waits_for_announced_jobs_but_never_for_unannounced_ones() -> No
         third = worker.submit(("run", "a"), [3], tokens=1, expected=True)
         threading.Timer(0.2, worker.unexpect).start()
         assert third.result(2) == ["a:3"]
+    finally:
+        worker.stop()
+
+
+def test_freed_heap_memory_is_given_back_between_groups() -> None:
+    from bgekit.serve.memory import HeapTrimmer, heap_trimmer
+
+    assert heap_trimmer() is not None  # glibc on the machines bgekit serves from
+    trimmer = HeapTrimmer(interval=3600.0)
+    assert trimmer.maybe_trim() is True and trimmer.maybe_trim() is False  # at most once per interval
+    worker = ModelWorker({"run": lambda key, items: items}, trim_interval=0.0)
+    calls: list[int] = []
+    assert worker.trimmer is not None
+    worker.trimmer._trim = lambda: calls.append(1) or 1
+    try:
+        for i in range(3):
+            assert worker.submit(("run",), [i], tokens=1).result(10) == [i]
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 3
     finally:
         worker.stop()

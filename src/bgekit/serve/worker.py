@@ -21,6 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from bgekit.serve.memory import HeapTrimmer
+
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[Hashable, list[Any]], Sequence[Any]]
@@ -58,6 +60,8 @@ class ModelWorker:
         stats: metrics hooks.
         batch_wait: most seconds a group waits for announced jobs (``expect``) still on their way; the
             worker never waits when none is announced, so a lone request starts at once.
+        trim_interval: after a group, freed heap memory goes back to the system at most this often
+            (seconds; ``None``: never), so resident memory does not climb with every new input shape.
 
     Example:
         >>> worker = ModelWorker({"double": lambda key, items: [2 * x for x in items]})
@@ -74,9 +78,11 @@ class ModelWorker:
         warmup: Callable[[], None] | None = None,
         stats: WorkerStats | None = None,
         batch_wait: float = 0.005,
+        trim_interval: float | None = 1.0,
     ) -> None:
         self.runners = runners
         self.batch_wait = batch_wait
+        self.trimmer = HeapTrimmer(trim_interval) if trim_interval is not None else None
         self.max_batch_tokens = max_batch_tokens
         self.warmup = warmup
         self.stats = stats or WorkerStats()
@@ -161,6 +167,8 @@ class ModelWorker:
             if group is None:
                 return
             self._run(group)
+            if self.trimmer is not None:
+                self.trimmer.maybe_trim()
 
     def _next_group(self) -> list[Job] | None:
         with self._cond:
