@@ -178,3 +178,16 @@ def test_the_image_root_flag(photo_dir):
     assert config_from_args(parser.parse_args([])).image_root is None
     config = config_from_args(parser.parse_args(["--image-root", str(photo_dir)]))
     assert config.image_root == str(photo_dir)
+
+
+def test_serve_model_on_a_clip_folder_serves_images(tiny_clip, photos, model):
+    import argparse
+
+    from bgekit.cli.serve import add_arguments, build_app
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    app = build_app(parser.parse_args(["--model", tiny_clip]))
+    with TestClient(app, base_url="http://localhost") as client:
+        got = vectors_of(client.post("/v1/embeddings", json={"input": [{"image": bare_base64(photos[0])}]}))
+    np.testing.assert_allclose(got, model.encode(images=[photos[0]]), atol=1e-5)

@@ -145,11 +145,19 @@ def build_app(args: argparse.Namespace) -> Any:
     config = config_from_args(args)
     trust = bool(args.trust_remote_code)
     index: Any = None
-    embedder = None
+    embedder: Any = None
     if args.index or args.store:
         index = open_searchable(args)
     elif args.model:
-        embedder = Embedder(args.model, dtype=args.dtype, trust_remote_code=trust)
+        from bgekit.models.loading import load_config
+        from bgekit.multimodal.settings import kind_from_config
+
+        if os.path.isdir(args.model) and kind_from_config(load_config(args.model, trust_remote_code=trust)):
+            from bgekit.multimodal import MultimodalEmbedder  # a CLIP (BGE-VL) folder: images too
+
+            embedder = MultimodalEmbedder(args.model, dtype=args.dtype)
+        else:
+            embedder = Embedder(args.model, dtype=args.dtype, trust_remote_code=trust)
     return create_app(index, embedder=embedder, reranker=second_stage(args, index), config=config)
 
 
