@@ -266,7 +266,7 @@ def main() -> None:
         size, pool = WORKLOADS[workload], pools[workload]
         plans[workload] = {}
         for level in args.levels:
-            count = max(level, args.requests) if workload == "documents" else max(4 * level, 64)
+            count = max(level, args.requests) if workload == "documents" else max(16 * level, 128)
             plans[workload][level] = [
                 [pool[(r * size + j) % len(pool)] for j in range(size)] for r in range(count)
             ]
