@@ -267,13 +267,22 @@ def resolve_embedder_settings(
         (SETTINGS_FILE, read_saved_settings(folder, "embedder")),
         ("argument", {k: v for k, v in explicit.items() if v is not None}),
     ]
+    merged, origin = merge_setting_layers(layers, EmbedderSettings.field_names())
+    return EmbedderSettings.from_dict(merged, source=folder), origin
+
+
+def merge_setting_layers(
+    layers: list[tuple[str, dict[str, Any]]], names: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Later layers override earlier ones: (merged settings, the source of each); an unknown key is a
+    ConfigError naming its source."""
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    valid = set(EmbedderSettings.field_names())
+    valid = set(names)
     for source, layer in layers:
         for key, value in layer.items():
             if key not in valid:
                 raise ConfigError(f"{source}: unknown setting {key!r}; valid settings: {sorted(valid)}")
             merged[key] = value
             origin[key] = source
-    return EmbedderSettings.from_dict(merged, source=folder), origin
+    return merged, origin

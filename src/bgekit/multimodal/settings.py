@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from bgekit.errors import ConfigError
-from bgekit.models.settings import Dtype, normalize_dtype, read_saved_settings
+from bgekit.models.settings import Dtype, merge_setting_layers, normalize_dtype, read_saved_settings
 
 SETTINGS_SECTION = "multimodal_embedder"
 """The ``bgekit.json`` section (text embedders use ``embedder``, so one file can say both)."""
@@ -131,15 +131,7 @@ def resolve_multimodal_settings(
         ("bgekit.json", read_saved_settings(folder, SETTINGS_SECTION)),
         ("argument", {k: v for k, v in explicit.items() if v is not None}),
     ]
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    valid = set(MultimodalSettings.field_names())
-    for source, layer in layers:
-        for key, value in layer.items():
-            if key not in valid:
-                raise ConfigError(f"{source}: unknown setting {key!r}; valid settings: {sorted(valid)}")
-            merged[key] = value
-            origin[key] = source
+    merged, origin = merge_setting_layers(layers, MultimodalSettings.field_names())
     if "kind" not in merged:
         raise ConfigError(
             f"{folder!r} is a {getattr(config, 'model_type', None)!r} model; multimodal embedders support "
