@@ -25,7 +25,12 @@ from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models.loading import load_config, load_pretrained, load_tokenizer, resolve_model_folder
 from bgekit.models.settings import write_saved_settings
 from bgekit.multimodal.images import ImageInputError, check_images, is_image, to_rgb
-from bgekit.multimodal.settings import SETTINGS_SECTION, MultimodalSettings, resolve_multimodal_settings
+from bgekit.multimodal.settings import (
+    SETTINGS_SECTION,
+    MultimodalSettings,
+    resolve_multimodal_settings,
+    saved_kind,
+)
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_TOKENS_PER_BATCH = 16384
@@ -58,11 +63,13 @@ class _Factory:
 
 
 class MultimodalEmbedder:
-    """Embed texts, images and composed image + text queries into one vector space (BGE-VL).
+    """Embed texts, images and composed image + text queries into one vector space (BGE-VL, Visualized-BGE).
 
     Args:
         model_name_or_path: a hub name (``"BAAI/BGE-VL-base"``) or a local folder holding a CLIP checkpoint
-            with its tokenizer and image processor.
+            with its tokenizer and image processor, or a Visualized-BGE folder (see
+            :func:`bgekit.multimodal.visualized.convert_visualized_bge`); the folder's ``bgekit.json`` says
+            which, and ``MultimodalEmbedder(...)`` returns the class of that kind.
         normalize: L2-normalise outputs (default True, as the official encoders).
         query_instruction / passage_instruction (and their ``*_format``): text put before the text part of
             queries / corpus items (none by default: BGE-VL's CLIP models use none).
@@ -82,6 +89,16 @@ class MultimodalEmbedder:
         >>> p = model.encode_corpus(images=["a.jpg", "b.jpg"])                        # doctest: +SKIP
         >>> scores = p @ q                                                            # doctest: +SKIP
     """
+
+    def __new__(cls, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> MultimodalEmbedder:
+        # one loader for every multimodal kind: the saved settings (or ``kind=``) pick the class
+        if cls is MultimodalEmbedder:
+            kind = kwargs.get("kind") or saved_kind(os.fspath(model_name_or_path))
+            if kind == "visualized_bge":
+                from bgekit.multimodal.visualized import VisualizedBGEEmbedder
+
+                return super().__new__(VisualizedBGEEmbedder)
+        return super().__new__(cls)
 
     def __init__(self, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> None:
         valid = _SETTING_ARGS + _RUNTIME_ARGS
@@ -107,7 +124,15 @@ class MultimodalEmbedder:
         self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
         self._requested_dtype = runtime.requested_dtype
         self.worker_timeout = runtime.worker_timeout
+        self._init_towers()
 
+        self._model: Any = None
+        self._pool: DevicePool | None = None
+        if len(self.devices) == 1:
+            self._load_model()
+
+    def _init_towers(self) -> None:
+        """Tokenizer, image preprocessing, ``max_length``, ``dim`` and ``image_tokens`` of this kind."""
         # CLIP pools the first end-of-text token: padding must go on the right
         self.tokenizer = load_tokenizer(self.folder, padding_side="right")
         if self.tokenizer.pad_token_id is None:
@@ -123,11 +148,6 @@ class MultimodalEmbedder:
         self.dim = int(self.config.projection_dim)
         self.image_tokens = (int(vision_config.image_size) // int(vision_config.patch_size)) ** 2 + 1
         """Tokens one image costs in the engine's budget: its patches and the class token."""
-
-        self._model: Any = None
-        self._pool: DevicePool | None = None
-        if len(self.devices) == 1:
-            self._load_model()
 
     # ----------------------------------------------------------------------------------------- loading
     def _load_model(self) -> Any:
@@ -260,7 +280,7 @@ class MultimodalEmbedder:
             return self.max_length
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ConfigError(f"max_length={max_length!r} is not valid; expected an integer >= 2")
-        return min(max_length, int(self.config.text_config.max_position_embeddings))
+        return min(max_length, self.max_length_limit)
 
     def prepare_items(self, texts: Any, images: Any, role: Role) -> tuple[list[str | None], list[Any], bool]:
         """Pair ``texts`` and ``images`` into items, apply the role's instruction, check every image.

@@ -8,6 +8,7 @@ BGE-VL model).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -17,9 +18,11 @@ from bgekit.models.settings import Dtype, merge_setting_layers, normalize_dtype,
 SETTINGS_SECTION = "multimodal_embedder"
 """The ``bgekit.json`` section (text embedders use ``embedder``, so one file can say both)."""
 
-MultimodalKind = Literal["clip"]
+MultimodalKind = Literal["clip", "visualized_bge"]
 """``clip``: a CLIP dual encoder (BGE-VL-base/large): text and image towers with projections; an image with
-a text is embedded as the normalised sum of the two projected features (MegaPairs' ``encode_multimodal``)."""
+a text is embedded as the normalised sum of the two projected features (MegaPairs' ``encode_multimodal``).
+``visualized_bge``: a BGE text model whose input takes an EVA02-CLIP image's patch tokens before the text
+(Visualized-BGE); the text model's CLS is the vector of a text, an image, or both."""
 
 _PUBLISHED: dict[str, dict[str, Any]] = {
     name.lower(): {"kind": "clip", "normalize": True} for name in ("BAAI/BGE-VL-base", "BAAI/BGE-VL-large")
@@ -97,6 +100,19 @@ class MultimodalSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def saved_kind(name_or_path: str) -> str | None:
+    """The ``kind`` a local folder's ``bgekit.json`` names, or ``None`` (no folder, no file, no kind).
+
+    Example:
+        >>> saved_kind("/nonexistent") is None
+        True
+    """
+    if not os.path.isdir(name_or_path):
+        return None
+    kind = read_saved_settings(name_or_path, SETTINGS_SECTION).get("kind")
+    return kind if isinstance(kind, str) else None
 
 
 def kind_from_config(config: Any) -> str | None:
