@@ -247,3 +247,46 @@ def test_loading_a_folder_without_weights_says_how_to_make_one(folder, tmp_path)
     os.remove(broken / "model.safetensors")
     with pytest.raises(ModelLoadError, match="model.safetensors"):
         MultimodalEmbedder(broken)
+
+
+def test_cli_index_and_search_pick_visualized_bge(folder, model, photos, tmp_path, capsys):
+    import json
+
+    from bgekit.cli.main import main
+
+    corpus = tmp_path / "photos"
+    corpus.mkdir()
+    for path in photos:
+        os.symlink(path, corpus / os.path.basename(path))
+    output = str(tmp_path / "index")
+    assert main(["index", "--images", "--model", folder, "--corpus", str(corpus), "--output", output]) == 0
+    assert "indexed 6 documents (6 images)" in capsys.readouterr().err
+    assert main(["search", "--index", output, "--query", "at night", "--image", photos[2], "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    index = MultimodalIndex.load(output, device="cpu")
+    assert type(index.embedder) is VisualizedBGEEmbedder
+    assert [h["id"] for h in row["hits"]] == [h.id for h in index.search("at night", images=photos[2])]
+
+
+def test_serve_model_on_a_visualized_folder_serves_images(folder, model, photos):
+    import argparse
+    import base64
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bgekit.cli.serve import add_arguments, build_app
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    app = build_app(parser.parse_args(["--model", folder]))
+    image = base64.b64encode(Path(photos[4]).read_bytes()).decode()
+    items = ["a rocket", {"image": image}, {"text": "at night", "image": image}]
+    with TestClient(app, base_url="http://localhost") as client:
+        response = client.post("/v1/embeddings", json={"input": items})
+    assert response.status_code == 200, response.text
+    served = np.array([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
+    expected = np.stack(
+        [model.encode("a rocket"), model.encode(images=photos[4]), model.encode("at night", images=photos[4])]
+    )
+    np.testing.assert_allclose(served, expected, atol=1e-5)

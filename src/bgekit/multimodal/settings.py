@@ -116,7 +116,15 @@ def saved_kind(name_or_path: str) -> str | None:
 
 
 def kind_from_config(config: Any) -> str | None:
-    """The multimodal kind a ``transformers`` config describes, or ``None`` when bgekit has none for it."""
+    """The multimodal kind a ``transformers`` config describes, or ``None`` when bgekit has none for it.
+
+    A Visualized-BGE folder's ``config.json`` is its text model's (BERT, XLM-RoBERTa): the kind is read
+    from the ``bgekit.json`` beside it (the folder the config was loaded from).
+    """
+    folder = getattr(config, "_name_or_path", None)
+    kind = saved_kind(folder) if isinstance(folder, str) and folder else None
+    if kind == "visualized_bge":
+        return kind
     return "clip" if getattr(config, "model_type", None) == "clip" else None
 
 
