@@ -42,14 +42,53 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_worker(script: str, args: list[str], threads: int) -> dict[str, Any]:
-    """Run ``script --worker ...`` in a fresh process (clean peak memory); return its JSON result."""
+class PeerInstallError(RuntimeError):
+    """A peer's own virtual environment could not be built (no network, no wheel, a resolver clash)."""
+
+
+def ensure_venv(name: str, requirements: list[str], probe: str) -> Path:
+    """The Python of ``.bench/<name>``, a virtual environment holding ``requirements`` (a peer whose pins
+    clash with ours); built on first use, reused while ``python -c 'import <probe>'`` succeeds there.
+
+    Raises:
+        PeerInstallError: the environment could not be built; the message says what to install by hand.
+    """
+    folder = REPO / ".bench" / name
+    python = folder / "bin" / "python"
+    if (
+        python.exists()
+        and subprocess.run([str(python), "-c", f"import {probe}"], check=False).returncode == 0
+    ):
+        return python
+    print(f"installing {' '.join(requirements)} into {folder} ...", file=sys.stderr, flush=True)
+    steps = [
+        [sys.executable, "-m", "venv", str(folder)],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
+    ]
+    for step in steps:
+        proc = subprocess.run(step, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise PeerInstallError(f"could not build {folder} ({' '.join(requirements)}): {' / '.join(tail)}")
+    return python
+
+
+def run_worker(
+    script: str, args: list[str], threads: int, python: str | Path | None = None
+) -> dict[str, Any]:
+    """Run ``script --worker ...`` in a fresh process (clean peak memory); return its JSON result.
+
+    ``python`` is the interpreter to run it with (a peer's own virtual environment); default this one."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, script, "--worker", *args], capture_output=True, text=True, env=env, check=False
+        [str(python or sys.executable), script, "--worker", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(

@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, default_model_path, load_scifact, print_table  # noqa: E402
+from _common import REPO, default_model_path, ensure_venv, load_scifact, print_table  # noqa: E402
 
-INFINITY_VENV = REPO / ".bench" / "infinity"
 INFINITY_PINS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78"]
 WORKLOADS = {"queries": 4, "documents": 32}
 """Texts per request."""
@@ -69,20 +68,7 @@ def free_port() -> int:
 
 def ensure_infinity() -> Path:
     """infinity-emb in its own virtual environment (its pins clash with ours: numpy<2, ST<4)."""
-    binary = INFINITY_VENV / "bin" / "infinity_emb"
-    if not binary.exists():
-        print(f"installing {' '.join(INFINITY_PINS)} into {INFINITY_VENV} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
-        pip = [
-            str(INFINITY_VENV / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-        ]
-        subprocess.run([*pip, *INFINITY_PINS], check=True)
-    return binary
+    return ensure_venv("infinity", INFINITY_PINS, "infinity_emb").parent / "infinity_emb"
 
 
 class Server:
