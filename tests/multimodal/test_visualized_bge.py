@@ -290,3 +290,64 @@ def test_serve_model_on_a_visualized_folder_serves_images(folder, model, photos)
         [model.encode("a rocket"), model.encode(images=photos[4]), model.encode("at night", images=photos[4])]
     )
     np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def official_m3(tmp_path_factory: pytest.TempPathFactory):
+    """Visualized_m3's shape: an XLM-RoBERTa text model and EVA02-CLIP-L-14's geometry (14-pixel patches,
+    a 16x16 grid: the rope table as trained, no interpolation), tiny and random."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tests.builders import build_tiny_m3
+    from tests.multimodal.reference_visualized.modeling import Visualized_BGE
+
+    root = tmp_path_factory.mktemp("visualized-m3")
+    text_dir = build_tiny_m3(root / "text")
+    eva = {
+        **EVA_CFG,
+        "vision_cfg": {**EVA_CFG["vision_cfg"], "patch_size": 14, "eva_model_name": "eva-clip-l-14"},
+    }
+    torch.manual_seed(1)
+    # bge-m3's slow tokenizer needs its sentencepiece file, which the tiny one has not: the fast one reads the same
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    reference = Visualized_BGE(AutoConfig.from_pretrained(text_dir), eva, tokenizer).eval()
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            param.add_(torch.randn_like(param) * (0.3 if "visual" in name else 0.2))
+    pth = root / "Visualized_m3_tiny.pth"
+    torch.save(reference.state_dict(), pth)
+    folder = convert_visualized_bge(pth, text_dir, root / "vis-m3", head_width=16)
+    return reference, MultimodalEmbedder(folder, device="cpu")
+
+
+def test_an_xlm_roberta_text_model_matches_the_official_encode(official_m3, photos):
+    reference, model = official_m3
+    assert model.image_tokens == 256 and model.config.model_type == "xlm-roberta"
+    assert model.max_length == 512  # 514 positions, numbered from padding_idx + 1
+    np.testing.assert_allclose(model.encode(TEXTS), _ref(reference, text=TEXTS), atol=1e-5)
+    photo, caption = photos[5], TEXTS[3]
+    np.testing.assert_allclose(model.encode(images=[photo]), _ref(reference, image=photo), atol=1e-5)
+    np.testing.assert_allclose(
+        model.encode([caption, TEXTS[2]], images=[photo, photos[0]]),
+        np.concatenate(
+            [_ref(reference, image=photo, text=caption), _ref(reference, image=photos[0], text=TEXTS[2])]
+        ),
+        atol=1e-5,
+    )
+
+
+def test_bf16_runs_close_to_fp32(folder, model, photos):
+    low = MultimodalEmbedder(folder, device="cpu", dtype="bf16")
+    items = dict(texts=[TEXTS[0], None, TEXTS[1]], images=[None, photos[0], photos[1]])
+    cosine = np.sum(low.encode(**items) * model.encode(**items), axis=1)
+    assert low.dtype == "bf16" and np.all(cosine > 0.99), cosine
+
+
+@pytest.mark.slow
+def test_two_devices_give_the_single_device_vectors(folder, model, photos):
+    texts = [TEXTS[0], None, TEXTS[1], None, TEXTS[2], TEXTS[3]]
+    images = [None, photos[1], photos[2], photos[3], None, photos[5]]
+    with MultimodalEmbedder(folder, devices=["cpu", "cpu"], worker_timeout=300) as pooled:
+        assert type(pooled) is VisualizedBGEEmbedder
+        out = pooled.encode(texts, images=images)
+    np.testing.assert_allclose(out, model.encode(texts, images=images), atol=1e-6)
