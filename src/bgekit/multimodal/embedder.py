@@ -502,7 +502,7 @@ class MultimodalEmbedder:
     def __repr__(self) -> str:
         s = self.settings
         return (
-            f"MultimodalEmbedder({self.name_or_path!r}, kind={s.kind!r}, normalize={s.normalize}, "
+            f"{type(self).__name__}({self.name_or_path!r}, kind={s.kind!r}, normalize={s.normalize}, "
             f"dim={self.dim}, dtype={self.dtype!r}, devices={self.devices})"
         )
 

@@ -241,7 +241,9 @@ class VisualizedBGEModel(nn.Module):
     """The text model, the EVA vision tower and ``visual_proj``, with the official encode paths.
 
     Example:
-        >>> # built by VisualizedBGEEmbedder; see encode_text / encode_mm   # doctest: +SKIP
+        >>> net = MultimodalEmbedder("vis-bge/").model                       # doctest: +SKIP
+        >>> net.encode_mm(pixels, input_ids, attention_mask).shape            # doctest: +SKIP
+        torch.Size([1, 768])
     """
 
     def __init__(self, text_config: Any, vision: EvaVisionConfig) -> None:
