@@ -351,3 +351,21 @@ def test_two_devices_give_the_single_device_vectors(folder, model, photos):
         assert type(pooled) is VisualizedBGEEmbedder
         out = pooled.encode(texts, images=images)
     np.testing.assert_allclose(out, model.encode(texts, images=images), atol=1e-6)
+
+
+def test_long_texts_are_cut_to_the_positions_left(official, model, photos):
+    """A text alone keeps 512 tokens; after an image's 196 patches, 316 positions are left for the text
+    (the official code fails past them): the vectors are the official ones of the cut token lists."""
+    from PIL import Image
+
+    reference, _, _ = official
+    long_text = " ".join(["astronaut", "moon", "rocket", "night"] * 150)  # 600 words, one token each
+    with torch.no_grad():
+        tokens = reference.tokenizer([long_text], return_tensors="pt", truncation=True, max_length=512)
+        expected_text = reference.encode_text(tokens).numpy()
+        tokens = reference.tokenizer([long_text], return_tensors="pt", truncation=True, max_length=316)
+        pixels = reference.preprocess_val(Image.open(photos[0])).unsqueeze(0)
+        expected_composed = reference.encode_mm(pixels, tokens).numpy()
+    assert tokens["input_ids"].shape == (1, 316)
+    np.testing.assert_allclose(model.encode([long_text]), expected_text, atol=1e-5)
+    np.testing.assert_allclose(model.encode([long_text], images=[photos[0]]), expected_composed, atol=1e-5)
