@@ -105,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='multimodal models: the only folder whose files requests may name as {"path": ...} '
         "images (default: none, images come as base64 only)",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request (off by default: it costs the event loop time under load; "
+        "/metrics counts requests by route and status)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -187,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             timeout_graceful_shutdown=int(config.graceful_timeout),
             log_level="info",
+            access_log=args.access_log,
         )
     finally:
         store = app.state.index

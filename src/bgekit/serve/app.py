@@ -107,13 +107,23 @@ def create_app(
         >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)   # doctest: +SKIP
     """
     fastapi = require_fastapi()
+    import orjson
     from fastapi.concurrency import run_in_threadpool
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import PlainTextResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, model_validator
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import Request
+
+    class JSONResponse(Response):  # noqa: N807 - a drop-in for starlette's, serialising with orjson
+        """JSON by orjson: numpy arrays are written straight from their buffers, float32 values with
+        the shortest text that reads back to the same float32."""
+
+        media_type = "application/json"
+
+        def render(self, content: Any) -> bytes:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
     from bgekit.multimodal.embedder import MultimodalEmbedder
     from bgekit.multimodal.images import to_rgb
@@ -448,7 +458,7 @@ def create_app(
             matrix = matrix[:, :dimensions]
         if normalize:
             matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        return matrix
+        return np.ascontiguousarray(matrix, dtype=np.float32)
 
     def texts_of(value: str | list[str]) -> list[str]:
         return [value] if isinstance(value, str) else list(value)
@@ -599,7 +609,7 @@ def create_app(
                     "index": i,
                     "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode()
                     if body.encoding_format == "base64"
-                    else row.tolist(),
+                    else row,
                 }
                 for i, row in enumerate(rows)
             ]
@@ -614,7 +624,7 @@ def create_app(
             texts = texts_of(body.inputs)
             kind = PROMPT_KINDS[body.prompt_name]
             vectors, _ = await embed(request, None, texts, kind, body.truncate, "inputs")
-            return JSONResponse(dense_rows(vectors, body.dimensions, body.normalize).tolist())
+            return JSONResponse(dense_rows(vectors, body.dimensions, body.normalize))
 
     if m3:
         routes += ["/embed_sparse", "/embed_all"]
@@ -642,7 +652,7 @@ def create_app(
             texts = texts_of(body.inputs)
             kind, heads = PROMPT_KINDS[body.prompt_name], (False, False, True)
             vectors, _ = await embed(request, heads, texts, kind, body.truncate, "inputs")
-            return JSONResponse([v.tolist() for v in vectors])
+            return JSONResponse([np.ascontiguousarray(v, dtype=np.float32) for v in vectors])
 
     if reranker is not None:
         routes += ["/rerank", "/v1/rerank"]

@@ -42,14 +42,14 @@ class HeapTrimmer:
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self._trim = heap_trimmer()
-        self._last = 0.0
+        self._last: float | None = None  # never: the first call trims (monotonic time may start near 0)
 
     def maybe_trim(self) -> bool:
         """Trim if the interval has passed; whether a trim ran."""
         if self._trim is None:
             return False
         now = time.monotonic()
-        if now - self._last < self.interval:
+        if self._last is not None and now - self._last < self.interval:
             return False
         self._last = now
         self._trim()
