@@ -4,6 +4,7 @@ Datasets are BEIR or FlagEmbedding-custom folders, folders holding several of th
 set inside is evaluated), or descriptor names (``scifact``; loaded from $BGEKIT_DATA_DIR/<name> or the
 hub). Corpus embeddings and search results are cached under --output-dir, keyed by the model's
 fingerprint; --overwrite recomputes. Reports: report.md, report.json, recall_at_k.png, runs/*.trec.
+Datasets whose corpus or query rows name an ``image`` are scored with a MultimodalEmbedder (BGE-VL).
 
 Example:
     bgekit eval --model PATH --dataset ../shared/data/scifact --split test --output-dir results/
@@ -97,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> Any:
     from bgekit.evaluation import evaluate
+    from bgekit.multimodal.cli import evaluate_images, image_dataset_folders
 
+    image_folders = image_dataset_folders(args.dataset)
+    if image_folders is not None:
+        return evaluate_images(args, image_folders)
     embedder_kwargs = {
         key: value
         for key, value in {

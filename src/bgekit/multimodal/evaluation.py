@@ -31,7 +31,7 @@ def evaluate_multimodal(
 
     Returns:
         ``{"scores": {metric: mean}, "per_query": {query_id: {metric: value}} or None, "queries": n,
-        "documents": n, "seconds": s}``; queries without judgements are left out of the means, as BEIR.
+        "documents": n, "seconds": s, "run": {query_id: {doc_id: score}}}``; queries without judgements are left out of the means, as BEIR.
 
     Raises:
         DataFormatError: a missing file, naming it and the layout expected.
@@ -70,4 +70,5 @@ def evaluate_multimodal(
         "queries": len(judged),
         "documents": len(index),
         "seconds": round(time.perf_counter() - start, 3),
+        "run": run,
     }
