@@ -20,6 +20,7 @@ COMMANDS = {
     "index": "bgekit.cli.index",
     "search": "bgekit.cli.search",
     "serve": "bgekit.cli.serve",
+    "convert-visualized": "bgekit.cli.convert_visualized",
 }
 
 
