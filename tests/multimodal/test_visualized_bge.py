@@ -369,3 +369,19 @@ def test_long_texts_are_cut_to_the_positions_left(official, model, photos):
     assert tokens["input_ids"].shape == (1, 316)
     np.testing.assert_allclose(model.encode([long_text]), expected_text, atol=1e-5)
     np.testing.assert_allclose(model.encode([long_text], images=[photos[0]]), expected_composed, atol=1e-5)
+
+
+def test_cli_convert_visualized_writes_the_library_folder(official, model, photos, tmp_path, capsys):
+    from bgekit.cli.main import main
+
+    _, pth, text_dir = official
+    output = tmp_path / "cli-vis"
+    argv = ["convert-visualized", "--checkpoint", pth, "--text-model", text_dir, "--output", str(output)]
+    assert main([*argv, "--head-width", "16", "--max-length", "64"]) == 0
+    assert f"-> {output}" in capsys.readouterr().err
+    converted = MultimodalEmbedder(str(output), device="cpu")
+    assert converted.settings.max_length == 64
+    expected = model.encode(texts=TEXTS[:2], images=photos[:2])
+    assert np.allclose(converted.encode(texts=TEXTS[:2], images=photos[:2]), expected, atol=1e-6)
+    assert main([*argv[:2], str(tmp_path / "missing.pth"), *argv[3:]]) == 2
+    assert "missing.pth' not found" in capsys.readouterr().err
