@@ -191,9 +191,13 @@ def create_app(
         images = [image for _, image in items]
         return list(index.search(texts, top_k, images=images, mode=mode))
 
+    # tokenized here, not on the worker thread: a request's tokenization on the tokenizer thread may run
+    # while the worker warms up, and a fast tokenizer used by two threads at once fails ("Already borrowed")
+    warmup_features = embedder.tokenize(["ready"], 8) if embedder is not None else None
+
     def warmup() -> None:
         if embedder is not None:
-            embedder.encode_features(embedder.tokenize(["ready"], 8), None, normalize=False)
+            embedder.encode_features(warmup_features, None, normalize=False)
         if reranker is not None:
             run_rerank(("rerank",), [("ready", "ready")])
 
