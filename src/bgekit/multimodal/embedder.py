@@ -28,8 +28,8 @@ from bgekit.multimodal.images import ImageInputError, check_images, is_image, to
 from bgekit.multimodal.settings import (
     SETTINGS_SECTION,
     MultimodalSettings,
+    detect_kind,
     resolve_multimodal_settings,
-    saved_kind,
 )
 
 DEFAULT_BATCH_SIZE = 64
@@ -93,11 +93,15 @@ class MultimodalEmbedder:
     def __new__(cls, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> MultimodalEmbedder:
         # one loader for every multimodal kind: the saved settings (or ``kind=``) pick the class
         if cls is MultimodalEmbedder:
-            kind = kwargs.get("kind") or saved_kind(os.fspath(model_name_or_path))
+            kind = kwargs.get("kind") or detect_kind(os.fspath(model_name_or_path))
             if kind == "visualized_bge":
                 from bgekit.multimodal.visualized import VisualizedBGEEmbedder
 
                 return super().__new__(VisualizedBGEEmbedder)
+            if kind == "mllm":
+                from bgekit.multimodal.mllm import MLLMEmbedder
+
+                return super().__new__(MLLMEmbedder)
         return super().__new__(cls)
 
     def __init__(self, model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> None:

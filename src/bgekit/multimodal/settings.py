@@ -2,7 +2,7 @@
 
 Order, highest first: explicit arguments, the folder's ``bgekit.json``, bgekit's table of published
 multimodal checkpoints, then what the folder's ``config.json`` says (a ``clip`` model type is a CLIP-based
-BGE-VL model).
+BGE-VL model, a ``llava_next`` one BGE-VL-MLLM).
 """
 
 from __future__ import annotations
@@ -18,15 +18,23 @@ from bgekit.models.settings import Dtype, merge_setting_layers, normalize_dtype,
 SETTINGS_SECTION = "multimodal_embedder"
 """The ``bgekit.json`` section (text embedders use ``embedder``, so one file can say both)."""
 
-MultimodalKind = Literal["clip", "visualized_bge"]
+MultimodalKind = Literal["clip", "visualized_bge", "mllm"]
 """``clip``: a CLIP dual encoder (BGE-VL-base/large): text and image towers with projections; an image with
 a text is embedded as the normalised sum of the two projected features (MegaPairs' ``encode_multimodal``).
 ``visualized_bge``: a BGE text model whose input takes an EVA02-CLIP image's patch tokens before the text
-(Visualized-BGE); the text model's CLS is the vector of a text, an image, or both."""
+(Visualized-BGE); the text model's CLS is the vector of a text, an image, or both.
+``mllm``: a LLaVA-NeXT model (BGE-VL-MLLM-S1/S2, "MMRet-MLLM"): each item is a chat prompt holding the
+text and the image's tokens (queries with their task instruction), its last token's hidden state the vector."""
 
 _PUBLISHED: dict[str, dict[str, Any]] = {
     name.lower(): {"kind": "clip", "normalize": True} for name in ("BAAI/BGE-VL-base", "BAAI/BGE-VL-large")
+} | {
+    name.lower(): {"kind": "mllm", "normalize": True}
+    for name in ("BAAI/BGE-VL-MLLM-S1", "BAAI/BGE-VL-MLLM-S2")
 }
+
+_MODEL_TYPES = {"clip": "clip", "llava_next": "mllm"}
+"""``config.json`` model types bgekit runs as a multimodal kind."""
 
 
 @dataclass
@@ -125,7 +133,30 @@ def kind_from_config(config: Any) -> str | None:
     kind = saved_kind(folder) if isinstance(folder, str) and folder else None
     if kind == "visualized_bge":
         return kind
-    return "clip" if getattr(config, "model_type", None) == "clip" else None
+    return _MODEL_TYPES.get(str(getattr(config, "model_type", None)))
+
+
+def detect_kind(name_or_path: str) -> str | None:
+    """The kind a model is loaded as before its config is read: its ``bgekit.json``, bgekit's table of
+    published checkpoints, or a local ``config.json``'s model type (``None``: none of them says).
+
+    Example:
+        >>> detect_kind("BAAI/BGE-VL-MLLM-S1")
+        'mllm'
+    """
+    kind = saved_kind(name_or_path)
+    if kind is None:
+        kind = _PUBLISHED.get(name_or_path.strip().rstrip("/").lower(), {}).get("kind")
+    path = os.path.join(name_or_path, "config.json")
+    if kind is None and os.path.isfile(path):
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as handle:
+                kind = _MODEL_TYPES.get(str(json.load(handle).get("model_type")))
+        except (OSError, ValueError, AttributeError):
+            return None  # the loader reports the file
+    return kind if isinstance(kind, str) else None
 
 
 def resolve_multimodal_settings(
@@ -159,6 +190,6 @@ def resolve_multimodal_settings(
     if "kind" not in merged:
         raise ConfigError(
             f"{folder!r} is a {getattr(config, 'model_type', None)!r} model; multimodal embedders support "
-            f"{list(get_args(MultimodalKind))} (CLIP-based BGE-VL); use bgekit.Embedder for text models"
+            f"{list(get_args(MultimodalKind))} (BGE-VL CLIP and MLLM, Visualized-BGE); use bgekit.Embedder for text models"
         )
     return MultimodalSettings(**merged), origin
