@@ -4,9 +4,9 @@ BAAI/BGE-VL-MLLM-S1 and -S2 ship a ``trust_remote_code`` modeling file; bgekit r
 on transformers' own ``LlavaNextForConditionalGeneration`` and ``LlavaNextProcessor`` (no shipped code
 runs). Every item becomes one chat prompt, as the official ``prepare_text_input`` writes it:
 
-- a query: ``"[INST] \\n <instruct> {instruction} <query>  {text} \\n  <image> [/INST]"`` (the text and the
+- a query: ``"[INST] \\n <instruct> {instruction} <query>  {text} \\n <image> [/INST]"`` (the text and the
   image parts only where the item has them; without an instruction ``"<instruct>  <query>"``);
-- a candidate (corpus item): ``"[INST]  {text} \\n  <image> [/INST]"``.
+- a candidate (corpus item): ``"[INST]  {text} \\n <image> [/INST]"``.
 
 Images are read, resized to 512 x 512 and converted to RGB (in that order, as the official
 ``data_process``), then LLaVA-NeXT's processor tiles them. The vector is the final hidden state (after the
@@ -40,7 +40,7 @@ def query_prompt(text: str | None, has_image: bool, instruction: str | None) -> 
 
     Example:
         >>> query_prompt("make it night", True, "Retrieve the target image: ")
-        '[INST] \\n <instruct> Retrieve the target image:  <query>  make it night \\n  <image> [/INST]'
+        '[INST] \\n <instruct> Retrieve the target image:  <query>  make it night \\n <image> [/INST]'
     """
     prompt = (
         "[INST] \n <instruct>  <query>"
