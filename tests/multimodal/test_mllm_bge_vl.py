@@ -220,3 +220,14 @@ def test_index_and_eval_cli_run_an_mllm_folder(folder, photos, tmp_path, capsys)
     assert main([*argv, "--format", "json", "--k-values", "1", "3", "--main-score", "ndcg_at_3"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["num_documents"] == 4 and 0.0 < row["scores"]["recall_at_3"] <= 1.0
+
+
+def test_two_devices_give_the_single_device_vectors(folder, model, photos):
+    texts = [TEXTS[0], None, TEXTS[1], None, TEXTS[2]]
+    images = [None, photos[1], photos[2], photos[3], None]
+    with MultimodalEmbedder(
+        folder, devices=["cpu", "cpu"], worker_timeout=300, query_instruction=CIR
+    ) as pooled:
+        assert type(pooled) is MLLMEmbedder
+        out = pooled.encode_queries(texts, images=images)
+    np.testing.assert_allclose(out, model.encode_queries(texts, images=images), atol=1e-6)
