@@ -53,3 +53,34 @@ def require_pymilvus(purpose: str = "a Milvus store") -> Any:
             f"{purpose} needs pymilvus (and milvus-lite for a local .db file): pip install 'bgekit[milvus]'"
         ) from exc
     return pymilvus
+
+
+def require_fastapi(purpose: str = "serving") -> Any:
+    """The ``fastapi`` module (with orjson, which writes the responses), or a ConfigError naming the extra.
+
+    Example:
+        >>> require_fastapi().FastAPI.__name__   # doctest: +SKIP
+        'FastAPI'
+    """
+    try:
+        import fastapi
+        import orjson  # noqa: F401 - the server's JSON responses
+    except ImportError as exc:
+        raise ConfigError(
+            f"{purpose} needs FastAPI, uvicorn and orjson: pip install 'bgekit[serve]'"
+        ) from exc
+    return fastapi
+
+
+def require_prometheus(purpose: str = "serving") -> Any:
+    """The ``prometheus_client`` module, or a ConfigError naming ``purpose`` and the extra to install.
+
+    Example:
+        >>> require_prometheus().Counter.__name__   # doctest: +SKIP
+        'Counter'
+    """
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ConfigError(f"{purpose} needs prometheus-client: pip install 'bgekit[serve]'") from exc
+    return prometheus_client

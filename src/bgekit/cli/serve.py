@@ -168,7 +168,7 @@ def build_app(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bgekit.serve.app import require_fastapi
+    from bgekit.optional import require_fastapi
 
     require_fastapi()
     try:

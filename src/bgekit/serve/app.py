@@ -35,7 +35,9 @@ from typing import Any, Literal
 import numpy as np
 
 from bgekit.errors import BgekitError, ConfigError, DataFormatError, InputError
-from bgekit.inference.reranker import ranked_indices, sigmoid
+from bgekit.inference.ranking import ranked_indices
+from bgekit.inference.reranker import sigmoid
+from bgekit.optional import require_fastapi
 from bgekit.serve.config import ServerConfig
 from bgekit.serve.metrics import ServerMetrics
 from bgekit.serve.middleware import (
@@ -58,14 +60,6 @@ CLIENT_ERRORS = (InputError, ConfigError, DataFormatError)
 
 PROMPT_KINDS = {None: "text", "query": "query", "passage": "passage", "document": "passage"}
 """TEI's ``prompt_name`` / the OpenAI route's ``input_type`` -> the embedder's instruction."""
-
-
-def require_fastapi() -> Any:
-    try:
-        import fastapi
-    except ImportError as exc:
-        raise ConfigError("serving needs FastAPI and uvicorn: pip install 'bgekit[serve]'") from exc
-    return fastapi
 
 
 class HTTPProblem(Exception):

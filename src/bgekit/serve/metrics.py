@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from bgekit.errors import ConfigError
+from bgekit.optional import require_prometheus
 from bgekit.serve.worker import WorkerStats
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TEXTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
-
-
-def require_prometheus() -> Any:
-    try:
-        import prometheus_client
-    except ImportError as exc:
-        raise ConfigError("serving needs prometheus-client: pip install 'bgekit[serve]'") from exc
-    return prometheus_client
 
 
 class ServerMetrics(WorkerStats):
