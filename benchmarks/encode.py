@@ -198,7 +198,9 @@ def static_int8_embedder(args: argparse.Namespace) -> Any:
         f"{os.path.basename(args.model.rstrip('/'))}-{args.what}-{args.limit or 'all'}",
     )
     if args.prepare:
-        report = calibrate_int8(args.model, texts, out, held_out=min(100, len(texts) // 3))
+        report = calibrate_int8(
+            args.model, texts, out, held_out=min(100, len(texts) // 3), max_length=args.max_length
+        )
         print(
             f"calibrated on {report.calibration_texts} texts; held-out min cosine {report.min_cosine:.5f}, "
             f"mean {report.mean_cosine:.5f}",

@@ -21,6 +21,7 @@ COMMANDS = {
     "search": "bgekit.cli.search",
     "serve": "bgekit.cli.serve",
     "convert-visualized": "bgekit.cli.convert_visualized",
+    "quantize": "bgekit.cli.quantize",
 }
 
 

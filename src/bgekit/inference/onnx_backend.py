@@ -71,11 +71,28 @@ class _Wrapper(torch.nn.Module):
         return out.last_hidden_state if self.task == "feature-extraction" else out.logits
 
 
+def calibrated_graph_name(fingerprint: str, task: Task = "feature-extraction") -> str:
+    """File name (under ``<model>/onnx/``) of a statically quantised graph written by ``calibrate``."""
+    return f"{task}-{fingerprint}-int8-static-{GRAPH_VERSION}.onnx"
+
+
 def export_onnx(model_folder: str, task: Task, quantization: str | None, fingerprint: str) -> str:
-    """Path of the cached ONNX graph for ``model_folder`` (exported, fused and quantised on first use)."""
+    """Path of the cached ONNX graph for ``model_folder`` (exported, fused and quantised on first use).
+
+    ``quantization="int8-static"`` is never built here: it needs calibration texts, so it is the graph
+    ``bgekit.inference.calibrate.calibrate_int8`` saved beside the model (an error says how to make it).
+    """
     require_onnxruntime()
-    if quantization not in (None, "int8"):
-        raise ConfigError(f"quantization={quantization!r} is not valid; choose None or 'int8'")
+    if quantization not in (None, "int8", "int8-static"):
+        raise ConfigError(f"quantization={quantization!r} is not valid; choose None, 'int8' or 'int8-static'")
+    if quantization == "int8-static":
+        calibrated = os.path.join(model_folder, "onnx", calibrated_graph_name(fingerprint, task))
+        if not os.path.isfile(calibrated):
+            raise ConfigError(
+                f"quantization='int8-static' needs a calibrated graph at {calibrated!r} (for these weights); "
+                f"make it with: bgekit quantize --model MODEL --corpus FILE --out {model_folder}"
+            )
+        return calibrated
     folder = _cache_folder(model_folder, fingerprint)
     suffix = "int8" if quantization else "fp32"
     target = os.path.join(folder, f"{task}-{fingerprint}-{suffix}-{GRAPH_VERSION}.onnx")
@@ -157,7 +174,8 @@ def _remove_superseded(folder: str, task: Task, suffix: str, keep: str) -> None:
     """
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
-        stale = name.startswith(f"{task}-") and name.endswith(".onnx") and f"-{suffix}" in name
+        # "-int8-" would also match a calibrated "-int8-static-" graph, which is the user's, not a cache
+        stale = name.startswith(f"{task}-") and name.endswith(".onnx") and f"-{suffix}-v" in name
         if stale and path != keep:
             with contextlib.suppress(OSError):
                 os.remove(path)

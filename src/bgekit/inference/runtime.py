@@ -121,14 +121,16 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
             f"worker_timeout={worker_timeout!r} is not valid; give a number of seconds > 0, or None for no limit"
         )
     quantization = kwargs.get("quantization")
-    if quantization not in (None, "int8"):
-        raise ConfigError(f"quantization={quantization!r} is not valid; choose None or 'int8'")
+    if quantization not in (None, "int8", "int8-static"):
+        raise ConfigError(f"quantization={quantization!r} is not valid; choose None, 'int8' or 'int8-static'")
     # int8 runs through ONNX Runtime's maintained dynamic quantisation (not torch.ao's deprecated one)
     backend = kwargs.get("backend") or ("onnx" if quantization else "torch")
     if backend not in ("torch", "onnx"):
         raise ConfigError(f"backend={backend!r} is not valid; choose 'torch' or 'onnx'")
     if quantization and backend != "onnx":
-        raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
+        raise ConfigError(
+            f"quantization={quantization!r} runs on backend='onnx'; leave backend out or set it to 'onnx'"
+        )
     requested = kwargs.get("dtype")
     dtype, torch_dtype = resolve_dtype(requested, default_dtype, first, backend, stacklevel=5)
     return Runtime(

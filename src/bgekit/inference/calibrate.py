@@ -1,0 +1,288 @@
+"""Static int8 quantisation of an embedder's ONNX graph, calibrated on the user's own texts.
+
+Dynamic int8 (``quantization="int8"``) quantises activations afresh on every call and keeps fp32 code
+around each int8 MatMul; static int8 fixes the activation ranges once, from a sample of the texts the model
+will encode, and writes them into the graph as QuantizeLinear/DequantizeLinear (QDQ) pairs that ONNX
+Runtime fuses into int8 kernels. Weights are per-channel int8; activations are asymmetric uint8 whose
+ranges come from a MinMax pass over the calibration texts. MatMuls whose inputs carry outliers too wide
+for 256 levels stay in fp32 (``keep_fp32``): by default (``"auto"``) the FFN down-projection of each layer,
+whose GELU output spans the widest range, then, only if the result is still below the threshold, the FFN
+up-projections and then the query/key/value projections, whose inputs are LayerNorm outputs with BERT's
+few outlier dimensions.
+
+The result is checked before it is kept: the calibrated graph encodes held-out texts (never the
+calibration ones), its vectors are compared with the fp32 model's, and a graph whose minimum cosine falls
+below ``threshold`` is refused with an error that names the figure. A kept graph is written with the
+model's files into a new folder (atomically) under the name ``Embedder(folder,
+quantization="int8-static")`` loads.
+
+Example:
+    >>> report = calibrate_int8("all-MiniLM-L6-v2", texts, "minilm-int8")     # doctest: +SKIP
+    >>> report.min_cosine >= 0.995                                            # doctest: +SKIP
+    True
+    >>> Embedder("minilm-int8", quantization="int8-static").encode(["a text"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bgekit.errors import ConfigError, InputError
+from bgekit.inference.onnx_backend import (
+    GRAPH_VERSION,
+    calibrated_graph_name,
+    export_onnx,
+    require_onnxruntime,
+)
+from bgekit.io import replace_folder
+
+GROUPS = ("ffn-output", "ffn-input", "attention-qkv", "last-layer")
+AUTO_LADDER: tuple[tuple[str, ...], ...] = (
+    ("ffn-output",),
+    ("ffn-output", "ffn-input"),
+    ("ffn-output", "ffn-input", "attention-qkv"),
+)
+"""``keep_fp32="auto"``: the sets of MatMul groups kept in fp32, tried in order, fewest fp32 first."""
+DEFAULT_THRESHOLD = 0.995
+
+
+class CalibrationError(ConfigError):
+    """A calibrated graph fell below the quality threshold; nothing was saved."""
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """What a calibration produced and how close it stays to fp32 on held-out texts."""
+
+    path: str
+    calibration_texts: int
+    held_out_texts: int
+    min_cosine: float
+    mean_cosine: float
+    fp32_nodes: tuple[str, ...]
+    fp32_groups: tuple[str, ...]
+
+
+def _as_text(item: Any, index: int) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        return f"{item.get('title') or ''} {item['text']}".strip()
+    raise InputError(
+        f"calibration text {index} must be a string or a {{'title', 'text'}} dict, got {item!r:.80}"
+    )
+
+
+class _TextReader:
+    """ONNX Runtime's CalibrationDataReader over tokenised texts, one unpadded text per call: the graph
+    takes no attention mask (bgekit's runner never feeds padding), so calibration sees what inference sees.
+    """
+
+    def __init__(self, tokenizer: Any, texts: list[str], max_length: int, input_names: list[str]) -> None:
+        self.encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        self.input_names = input_names
+        self.rows = self._rows()
+
+    def _rows(self) -> Iterator[dict[str, np.ndarray]]:
+        for ids in self.encoded["input_ids"]:
+            shape = (1, len(ids))
+            given = {"input_ids": np.asarray([ids], np.int64), "token_type_ids": np.zeros(shape, np.int64)}
+            # an unfused graph still takes attention_mask: all ones, as the runner feeds it
+            yield {name: given.get(name, np.ones(shape, np.int64)) for name in self.input_names}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.rows, None)
+
+    def rewind(self) -> None:
+        self.rows = self._rows()
+
+
+def matmul_groups(graph_path: str) -> dict[str, list[str]]:
+    """The graph's MatMuls by role: ``ffn-output`` (takes a GELU's output: the FFN down-projection),
+    ``ffn-input`` (feeds a GELU), ``attention-qkv`` (query/key/value projections) and ``last-layer``."""
+    import onnx
+
+    model = onnx.load(graph_path, load_external_data=False)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    gelu = ("Gelu", "BiasGelu", "FastGelu")
+
+    def feeds_gelu(node: Any, hops: int = 2) -> bool:
+        following = [c for out in node.output for c in consumers.get(out, [])]
+        return any(
+            c.op_type in gelu or (hops > 1 and c.op_type == "Add" and feeds_gelu(c, hops - 1))
+            for c in following
+        )
+
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    layers = sorted({int(m.group(1)) for n in matmuls if (m := re.search(r"layer[._](\d+)[./]", n.name))})
+    last = f"layer.{layers[-1]}/" if layers else None
+    groups: dict[str, list[str]] = {"ffn-output": [], "ffn-input": [], "attention-qkv": [], "last-layer": []}
+    for node in matmuls:
+        source = producers.get(node.input[0])
+        if source is not None and source.op_type in gelu:
+            groups["ffn-output"].append(node.name)
+        if feeds_gelu(node):
+            groups["ffn-input"].append(node.name)
+        if "/attention/self/" in node.name:
+            groups["attention-qkv"].append(node.name)
+        if last and last in node.name:
+            groups["last-layer"].append(node.name)
+    return groups
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.asarray((a * b).sum(1), dtype=np.float64)
+
+
+def calibrate_int8(
+    model: str,
+    texts: Sequence[str | dict[str, str]],
+    out: str,
+    *,
+    held_out: int = 100,
+    threshold: float = DEFAULT_THRESHOLD,
+    max_length: int | None = None,
+    keep_fp32: str | Sequence[str] = "auto",
+) -> CalibrationReport:
+    """Quantise ``model``'s ONNX graph to static int8 calibrated on ``texts``; save it with the model.
+
+    The last ``held_out`` texts are kept out of calibration and used only to check the result; the
+    others calibrate the activation ranges.
+
+    Args:
+        model: a local model folder (or a name bgekit resolves to one) that ``Embedder`` loads.
+        texts: the user's own texts (strings or ``{"title", "text"}`` dicts), a few hundred are enough.
+        out: the folder to write: the model's files plus the calibrated graph (replaced atomically).
+        held_out: how many texts (taken from the end) check the result and are not calibrated on.
+        threshold: the lowest acceptable cosine between a held-out text's int8 and fp32 vectors.
+        max_length: token limit of the calibration and held-out texts; default the model's own passage
+            limit, the one ``Embedder(out, quantization="int8-static")`` applies.
+        keep_fp32: MatMul groups left in fp32 (``ffn-output``, ``ffn-input``, ``attention-qkv``,
+            ``last-layer``; empty: quantise all), or ``"auto"``: try ``AUTO_LADDER``'s sets in order and
+            keep the first that reaches ``threshold``.
+
+    Returns:
+        A ``CalibrationReport`` with the minimum and mean cosine to fp32 on the held-out texts.
+
+    Raises:
+        CalibrationError: the minimum cosine on held-out texts is below ``threshold`` (nothing written).
+        InputError: too few texts, or a text that is neither a string nor a title/text dict.
+
+    Example:
+        >>> calibrate_int8(model_path, corpus_texts, "out/minilm-int8").min_cosine  # doctest: +SKIP
+        0.996
+    """
+    ort = require_onnxruntime()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from transformers import AutoTokenizer
+
+    from bgekit import Embedder
+    from bgekit.inference.base import file_fingerprint
+    from bgekit.models.loading import resolve_model_folder
+
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"threshold={threshold!r} is not valid; give a cosine in (0, 1]")
+    ladder = (
+        AUTO_LADDER
+        if keep_fp32 == "auto"
+        else (tuple([keep_fp32] if isinstance(keep_fp32, str) else keep_fp32),)
+    )
+    for groups in ladder:
+        unknown = sorted(set(groups) - set(GROUPS))
+        if unknown:
+            raise ConfigError(f"keep_fp32 has unknown groups {unknown}; choose from {list(GROUPS)} or 'auto'")
+    plain = [_as_text(t, i) for i, t in enumerate(texts)]
+    if held_out < 1 or len(plain) < held_out + 16:
+        raise InputError(
+            f"calibration needs at least held_out + 16 = {held_out + 16} texts (held_out={held_out}), "
+            f"got {len(plain)}"
+        )
+    calibration, check = plain[:-held_out], plain[-held_out:]
+    folder = resolve_model_folder(model)
+    fingerprint = file_fingerprint(folder)[:16]
+    fp32_graph = export_onnx(folder, "feature-extraction", None, fingerprint)
+    session = ort.InferenceSession(fp32_graph, providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    del session
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    kwargs: dict[str, Any] = {"device": "cpu"}
+    if max_length is not None:
+        kwargs.update(query_max_length=max_length, passage_max_length=max_length)
+    fp32 = Embedder(folder, **kwargs)
+    reference = np.asarray(fp32.encode_corpus(check))
+    length = int(max_length or fp32.settings.passage_max_length or fp32.max_length_limit)
+    del fp32
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staged = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.staged.")
+    tried: list[str] = []
+    try:
+        # the model's own files (not its cached graphs): the staged folder has the same fingerprint
+        shutil.copytree(folder, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("onnx", ".*"))
+        graph = os.path.join(staged, "onnx", calibrated_graph_name(fingerprint))
+        os.makedirs(os.path.dirname(graph))
+        # shapes and types of every tensor (the fused attention's outputs included), so no MatMul is
+        # skipped for an unknown input type
+        inferred = os.path.join(staged, "onnx", "inferred.onnx")
+        quant_pre_process(fp32_graph, inferred, skip_optimization=True)
+        roles = matmul_groups(inferred)
+        for groups in ladder:
+            excluded = sorted({name for group in groups for name in roles[group]})
+            quantize_static(
+                inferred,
+                graph,
+                _TextReader(tokenizer, calibration, length, input_names),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=excluded,
+                extra_options={"ActivationSymmetric": False},
+            )
+            quantized = Embedder(staged, quantization="int8-static", **kwargs).encode_corpus(check)
+            cosines = _cosines(np.asarray(quantized), reference)
+            low, mean = float(cosines.min()), float(cosines.mean())
+            tried.append(f"fp32 {'+'.join(groups) or 'none'}: min {low:.5f}, mean {mean:.5f}")
+            if low >= threshold:
+                break
+        else:
+            raise CalibrationError(
+                f"the calibrated int8 graph of {model!r} reaches a minimum cosine of {low:.5f} to fp32 "
+                f"(mean {mean:.5f}) on {len(check)} held-out texts, below threshold={threshold}; nothing "
+                f"was saved to {out!r} (tried {'; '.join(tried)}). Try more or more typical calibration "
+                "texts, more MatMuls in fp32 (keep_fp32), or a lower threshold"
+            )
+        os.remove(inferred)
+        replace_folder(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return CalibrationReport(
+        path=os.path.join(out, "onnx", calibrated_graph_name(fingerprint)),
+        calibration_texts=len(calibration),
+        held_out_texts=len(check),
+        min_cosine=low,
+        mean_cosine=mean,
+        fp32_nodes=tuple(excluded),
+        fp32_groups=tuple(groups),
+    )
+
+
+__all__ = ["GRAPH_VERSION", "CalibrationError", "CalibrationReport", "calibrate_int8"]

@@ -1,0 +1,107 @@
+"""Static int8 calibration on the real MiniLM with SciFact texts: quality on held-out texts, the refusal
+below the threshold, reload by path, atomic output, and the ``bgekit quantize`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from bgekit import Embedder  # noqa: E402
+from bgekit.cli.main import main  # noqa: E402
+from bgekit.errors import ConfigError, InputError  # noqa: E402
+from bgekit.inference.calibrate import CalibrationError, calibrate_int8  # noqa: E402
+
+pytestmark = pytest.mark.slow
+CALIBRATION, HELD_OUT = 96, 64
+
+
+@pytest.fixture(scope="module")
+def documents(scifact_corpus: list[dict]) -> list[dict[str, str]]:
+    return [{"title": r["title"], "text": r["text"]} for r in scifact_corpus[: CALIBRATION + HELD_OUT]]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory, minilm_path: str, documents: list) -> tuple:
+    out = str(tmp_path_factory.mktemp("calibrated") / "minilm-int8")
+    return out, calibrate_int8(minilm_path, documents, out, held_out=HELD_OUT)
+
+
+def test_calibrated_graph_reaches_threshold_on_held_out_texts(calibrated: tuple) -> None:
+    _, report = calibrated
+    assert report.calibration_texts == CALIBRATION and report.held_out_texts == HELD_OUT
+    assert report.min_cosine >= 0.995
+    assert report.min_cosine <= report.mean_cosine < 1.0  # int8, not a copy of the fp32 graph
+    assert "ffn-output" in report.fp32_groups and len(report.fp32_nodes) >= 6  # 6 layers
+
+
+def test_saved_graph_reloads_by_path_with_the_checked_vectors(
+    calibrated: tuple, minilm_path: str, documents: list
+) -> None:
+    out, report = calibrated
+    assert os.path.isfile(report.path) and report.path.startswith(out)
+    held_out = documents[-HELD_OUT:]
+    reloaded = Embedder(out, device="cpu", quantization="int8-static").encode_corpus(held_out)
+    reference = Embedder(minilm_path, device="cpu").encode_corpus(held_out)
+    cosines = (np.asarray(reloaded) * np.asarray(reference)).sum(1)
+    # the graph on disk is the graph that was checked: the same figures come back
+    assert float(cosines.min()) == pytest.approx(report.min_cosine, abs=1e-5)
+    assert float(cosines.mean()) == pytest.approx(report.mean_cosine, abs=1e-5)
+    again = Embedder(out, device="cpu", quantization="int8-static").encode_corpus(held_out[:8])
+    np.testing.assert_allclose(again, np.asarray(reloaded)[:8], atol=1e-6)
+
+
+def test_impossible_threshold_is_refused_and_leaves_the_old_folder(
+    tmp_path: pytest.TempPathFactory, minilm_path: str, documents: list
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "marker.txt").write_text("previous model")
+    with pytest.raises(CalibrationError, match=r"minimum cosine of 0\.9\d+ .*below threshold=1\.0"):
+        calibrate_int8(
+            minilm_path, documents[:48], str(out), held_out=16, threshold=1.0, keep_fp32="ffn-output"
+        )
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no staged folder left behind
+    assert sorted(os.listdir(out)) == ["marker.txt"]
+
+
+def test_cli_quantize_refuses_below_threshold_with_the_figure(
+    tmp_path: pytest.TempPathFactory,
+    minilm_path: str,
+    documents: list,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"_id": str(i), **d} for i, d in enumerate(documents[:48])]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    argv = ["quantize", "--model", minilm_path, "--corpus", str(corpus), "--out", str(out)]
+    code = main(
+        [*argv, "--samples", "32", "--held-out", "16", "--threshold", "1.0", "--keep-fp32", "ffn-output"]
+    )
+    assert code == 2
+    assert "below threshold=1.0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_int8_static_without_a_calibrated_graph_says_how_to_make_one(
+    tmp_path: pytest.TempPathFactory, minilm_path: str
+) -> None:
+    copy = tmp_path / "minilm"
+    shutil.copytree(minilm_path, copy, ignore=shutil.ignore_patterns("onnx"))
+    with pytest.raises(ConfigError, match="bgekit quantize --model"):
+        Embedder(str(copy), device="cpu", quantization="int8-static").encode(["a text"])
+
+
+def test_too_few_texts_and_bad_items_are_named(minilm_path: str, tmp_path: pytest.TempPathFactory) -> None:
+    with pytest.raises(InputError, match="at least held_out \\+ 16 = 116 texts"):
+        calibrate_int8(minilm_path, ["a"] * 20, str(tmp_path / "x"), held_out=100)
+    with pytest.raises(InputError, match="calibration text 1 must be a string"):
+        calibrate_int8(minilm_path, ["a", 3] * 100, str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="unknown groups \\['pooler'\\]"):
+        calibrate_int8(minilm_path, ["a"] * 200, str(tmp_path / "x"), keep_fp32=["pooler"])
