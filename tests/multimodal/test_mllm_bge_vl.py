@@ -231,3 +231,37 @@ def test_two_devices_give_the_single_device_vectors(folder, model, photos):
         assert type(pooled) is MLLMEmbedder
         out = pooled.encode_queries(texts, images=images)
     np.testing.assert_allclose(out, model.encode_queries(texts, images=images), atol=1e-6)
+
+
+def test_the_server_runs_an_mllm_folder_as_items(model, photos):
+    """Whole prompts: texts alone, images and composed items over HTTP equal encode / encode_queries."""
+    pytest.importorskip("fastapi")
+    import base64
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from bgekit.serve import create_app
+
+    def image(path: str) -> dict:
+        return {"image": base64.b64encode(Path(path).read_bytes()).decode()}
+
+    def vectors(response) -> np.ndarray:
+        assert response.status_code == 200, response.text
+        return np.array([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
+
+    with TestClient(create_app(embedder=model), base_url="http://localhost") as client:
+        served = vectors(client.post("/v1/embeddings", json={"input": [TEXTS[0], image(photos[0])]}))
+        np.testing.assert_allclose(
+            served, model.encode([TEXTS[0], None], images=[None, photos[0]]), atol=1e-5
+        )
+        query = [TEXTS[1], TEXTS[2]]
+        served = vectors(client.post("/v1/embeddings", json={"input": query, "input_type": "query"}))
+        np.testing.assert_allclose(served, model.encode_queries(query), atol=1e-5)
+        composed = [{"text": TEXTS[1], **image(photos[2])}]
+        served = vectors(client.post("/v1/embeddings", json={"input": composed, "input_type": "query"}))
+        np.testing.assert_allclose(served, model.encode_queries([TEXTS[1]], images=[photos[2]]), atol=1e-5)
+        tei = client.post("/embed", json={"inputs": [TEXTS[0]]})
+        assert tei.status_code == 200, tei.text
+        np.testing.assert_allclose(tei.json(), model.encode([TEXTS[0]]), atol=1e-5)
+        assert client.get("/health").status_code == 200  # the warm-up ran the item protocol

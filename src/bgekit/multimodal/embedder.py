@@ -325,6 +325,10 @@ class MultimodalEmbedder:
         checked = check_images(image_list)
         return text_list, checked, bool(text_single or image_single)
 
+    token_features = True
+    """Whether the text protocol below (:meth:`tokenize`, :meth:`encode_features`) applies: ``False`` for a
+    model that reads whole prompts (BGE-VL-MLLM), which the server then runs through the item protocol."""
+
     def encode_items(
         self,
         texts: Sequence[str | None],
@@ -339,17 +343,62 @@ class MultimodalEmbedder:
         Returns:
             float32 (n, dim), in input order.
         """
-        n = len(texts)
-        if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+        prepared = self.tokenize_items(texts, images, max_length)
+        return self.encode_tokenized(
+            prepared,
+            images,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            position_offset=position_offset,
+        )
+
+    def tokenize_items(
+        self, texts: Sequence[str | None], images: Sequence[Any], max_length: int, *, truncate: bool = True
+    ) -> list[Any]:
+        """What :meth:`encode_tokenized` takes for prepared items: each text's token features (``None``
+        where an item has no text). The part of :meth:`encode_items` that needs no model: the server runs
+        it off the model's thread and batches many requests' items through one :meth:`encode_tokenized`.
+
+        ``truncate=False``: nothing is cut; the caller checks the lengths.
+
+        Example:
+            >>> model.tokenize_items(["a cat", None], [None, "cat.jpg"], 77)   # doctest: +SKIP
+            [{'input_ids': [49406, 320, 2368, 49407], ...}, None]
+        """
+        features: list[Any] = [None] * len(texts)
         with_text = [i for i, t in enumerate(texts) if t is not None]
-        features: list[dict[str, list[int]] | None] = [None] * n
         if with_text:
-            tokenized = tokenize_texts(self.tokenizer, [str(texts[i]) for i in with_text], max_length)
+            tokenized = tokenize_texts(
+                self.tokenizer, [str(texts[i]) for i in with_text], max_length, truncation=truncate
+            )
             for i, feature in zip(with_text, tokenized, strict=True):
                 features[i] = feature
+        return features
+
+    def encode_tokenized(
+        self,
+        prepared: Sequence[Any],
+        images: Sequence[Any],
+        *,
+        batch_size: int | None = None,
+        show_progress: bool | None = False,
+        position_offset: int = 0,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """Vectors of items given as :meth:`tokenize_items` output and checked (or decoded RGB) images, on
+        this process's device; float32 (n, dim) in input order.
+
+        Example:
+            >>> model.encode_tokenized(model.tokenize_items(["a cat"], [None], 77), [None]).shape   # doctest: +SKIP
+            (1, 512)
+        """
         return self._run(
-            features, images, batch_size, show_progress, position_offset, self.settings.normalize
+            list(prepared),
+            list(images),
+            self.batch_size if batch_size is None else check_batch_size(batch_size),
+            show_progress,
+            position_offset,
+            self.settings.normalize if normalize is None else normalize,
         )
 
     def _run(

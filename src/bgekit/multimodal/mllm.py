@@ -25,6 +25,7 @@ import torch
 from bgekit.engine import BatchEngine
 from bgekit.errors import ConfigError, InputError, ModelLoadError
 from bgekit.inference.heads import finish_dense
+from bgekit.inference.runtime import check_batch_size
 from bgekit.models.loading import load_pretrained
 from bgekit.models.settings import write_saved_settings
 from bgekit.multimodal.embedder import MultimodalEmbedder, Role
@@ -183,33 +184,49 @@ class MLLMEmbedder(MultimodalEmbedder):
             prompts = [candidate_prompt(t, i is not None) for t, i in zip(text_list, image_list, strict=True)]
         return list(prompts), image_list, single
 
-    def encode_items(
-        self,
-        texts: Sequence[str | None],
-        images: Sequence[Any],
-        max_length: int,
-        batch_size: int,
-        show_progress: bool | None = False,
-        position_offset: int = 0,
-    ) -> np.ndarray:
-        """Run the model over prompts and checked images (see :meth:`prepare_items`) on this device."""
-        n = len(texts)
-        if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+    token_features = False  # whole prompts: the server runs even text-only requests as items
+
+    def tokenize_items(
+        self, texts: Sequence[str | None], images: Sequence[Any], max_length: int, *, truncate: bool = True
+    ) -> list[Any]:
+        """The prompts themselves (see :meth:`prepare_items`), after checking each one fits ``max_length``
+        with its image tokens: the processor tokenizes a batch's prompts with its images, and prompts are
+        never cut, as in the official code (``truncate`` has no effect)."""
         prompts = [str(t) for t in texts]
+        if not prompts:
+            return []
         ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
-        lengths = [
-            len(row) + (self.image_tokens - 1 if image is not None else 0)
-            for row, image in zip(ids, images, strict=True)
-        ]
-        for position, length in enumerate(lengths):
+        for position, (row, image) in enumerate(zip(ids, images, strict=True)):
+            length = len(row) + (self.image_tokens - 1 if image is not None else 0)
             if length > max_length:
                 raise InputError(
-                    f"item {position_offset + position}: its prompt is {length} tokens (image tokens included), "
+                    f"item {position}: its prompt is {length} tokens (image tokens included), "
                     f"over max_length={max_length}; BGE-VL-MLLM does not truncate prompts"
                 )
+        return prompts
+
+    def encode_tokenized(
+        self,
+        prepared: Sequence[Any],
+        images: Sequence[Any],
+        *,
+        batch_size: int | None = None,
+        show_progress: bool | None = False,
+        position_offset: int = 0,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """Run the model over prompts from :meth:`tokenize_items` and checked images on this device."""
+        prompts = [str(p) for p in prepared]
+        if not prompts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        lengths = [
+            len(row) + (self.image_tokens - 1 if image is not None else 0)
+            for row, image in zip(
+                self.tokenizer(prompts, add_special_tokens=True)["input_ids"], images, strict=True
+            )
+        ]
         model = self._load_model()
-        normalize = self.settings.normalize
+        normalize = self.settings.normalize if normalize is None else normalize
 
         def step(indices: list[int]) -> torch.Tensor:
             pictures = [self._read_image(images[i]) for i in indices if images[i] is not None]
@@ -227,7 +244,7 @@ class MLLMEmbedder(MultimodalEmbedder):
             return finish_dense(hidden[:, -1].float(), truncate_dim=None, normalize=normalize).cpu()
 
         engine = BatchEngine(
-            batch_size=batch_size,
+            batch_size=self.batch_size if batch_size is None else check_batch_size(batch_size),
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=show_progress,
             desc="Encoding",

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgekit.engine import BatchEngine, pad_sequences, tokenize_texts
-from bgekit.errors import ConfigError, ModelLoadError
+from bgekit.errors import ConfigError, InputError, ModelLoadError
 from bgekit.inference.heads import finish_dense
 from bgekit.io import replace_folder
 from bgekit.models.loading import load_config, load_tokenizer
@@ -540,31 +540,30 @@ class VisualizedBGEEmbedder(MultimodalEmbedder):
             self._model = model.eval().to(self.device, dtype=self.torch_dtype)
         return self._model
 
-    def encode_items(
-        self,
-        texts: Sequence[str | None],
-        images: Sequence[Any],
-        max_length: int,
-        batch_size: int,
-        show_progress: bool | None = False,
-        position_offset: int = 0,
-    ) -> np.ndarray:
+    def tokenize_items(
+        self, texts: Sequence[str | None], images: Sequence[Any], max_length: int, *, truncate: bool = True
+    ) -> list[Any]:
+        """As ``MultimodalEmbedder.tokenize_items``; a text paired with an image is cut to the positions
+        its image's patches leave."""
         n = len(texts)
-        if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        features: list[dict[str, list[int]] | None] = [None] * n
+        features: list[Any] = [None] * n
         composed_limit = max(2, min(max_length, int(self.config.max_position_embeddings) - self.image_tokens))
         for limit, rows in (
             (max_length, [i for i in range(n) if texts[i] is not None and images[i] is None]),
             (composed_limit, [i for i in range(n) if texts[i] is not None and images[i] is not None]),
         ):
             if rows:
-                tokenized = tokenize_texts(self.tokenizer, [str(texts[i]) for i in rows], limit)
+                tokenized = tokenize_texts(
+                    self.tokenizer, [str(texts[i]) for i in rows], limit, truncation=truncate
+                )
                 for i, feature in zip(rows, tokenized, strict=True):
+                    if len(feature["input_ids"]) > limit:  # truncate=False: the caller asked for no cut
+                        raise InputError(
+                            f"item {i}: its text is {len(feature['input_ids'])} tokens, over the {limit} "
+                            "positions left beside its image; shorten it or let it be truncated"
+                        )
                     features[i] = feature
-        return self._run(
-            features, images, batch_size, show_progress, position_offset, self.settings.normalize
-        )
+        return features
 
     def _run(
         self,

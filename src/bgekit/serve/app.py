@@ -176,8 +176,8 @@ def create_app(
     def run_embed_images(key: Any, items: list[tuple[Any, Any]]) -> list[Any]:
         # items are (token features or None, decoded RGB image or None), prepared off this thread; the
         # engine run is the one encode() makes over the same items
-        features, images = [f for f, _ in items], [image for _, image in items]
-        return list(embedder._run(features, images, embedder.batch_size, False, 0, False))
+        prepared, images = [f for f, _ in items], [image for _, image in items]
+        return list(embedder.encode_tokenized(prepared, images, normalize=False))
 
     def run_search_images(key: Any, items: list[tuple[str | None, Any]]) -> list[Any]:
         _, top_k, mode, with_text = key
@@ -187,10 +187,16 @@ def create_app(
 
     # tokenized here, not on the worker thread: a request's tokenization on the tokenizer thread may run
     # while the worker warms up, and a fast tokenizer used by two threads at once fails ("Already borrowed")
-    warmup_features = embedder.tokenize(["ready"], 8) if embedder is not None else None
+    item_protocol = multimodal and not embedder.token_features  # a model that reads whole prompts
+    if item_protocol:
+        warmup_items = embedder.tokenize_items(["ready"], [None], embedder.max_length_limit)
+    elif embedder is not None:
+        warmup_features = embedder.tokenize(["ready"], 8)
 
     def warmup() -> None:
-        if embedder is not None:
+        if item_protocol:
+            embedder.encode_tokenized(warmup_items, [None], normalize=False)
+        elif embedder is not None:
             embedder.encode_features(warmup_features, None, normalize=False)
         if reranker is not None:
             run_rerank(("rerank",), [("ready", "ready")])
@@ -296,6 +302,8 @@ def create_app(
         request: Any, heads: Any, texts: list[str], kind: str, truncate: bool | None, field: str
     ) -> tuple[list[Any], int]:
         """Tokenize ``texts`` on the tokenizer thread, run them on the worker: (outputs, token count)."""
+        if item_protocol:
+            return await embed_items(request, list(texts), kind, field)
         check_texts(texts, field)
         if not texts:
             return [], 0
@@ -361,21 +369,20 @@ def create_app(
         """Token features of the items' texts and their decoded images (run on the tokenizer thread)."""
         started = time.perf_counter()
         images = decode_images(refs, [f"{field}[{i}].image" for i in range(len(refs))])
-        with_text = [i for i, text in enumerate(texts) if text is not None]
-        features: list[Any] = [None] * len(texts)
-        if with_text:
-            prepared, limit = embedder.prepare([texts[i] for i in with_text], kind, input_limit)
-            cut = config.auto_truncate
-            for i, feature in zip(with_text, embedder.tokenize(prepared, limit, truncate=cut), strict=True):
-                if not cut and len(feature["input_ids"]) > limit:
-                    raise HTTPProblem(
-                        413,
-                        f"{field}[{i}].text has {len(feature['input_ids'])} tokens, more than the limit "
-                        f"of {limit}; shorten it",
-                    )
-                features[i] = feature
+        role = {"query": "query", "passage": "passage"}.get(kind, "plain")
+        prepared_texts, checked, _ = embedder.prepare_items(texts, images, role)
+        _, limit = embedder.prepare([], kind, input_limit)
+        cut = config.auto_truncate
+        features = embedder.tokenize_items(prepared_texts, checked, limit, truncate=cut)
+        for i, feature in enumerate(features):
+            if isinstance(feature, dict) and not cut and len(feature["input_ids"]) > limit:
+                raise HTTPProblem(
+                    413,
+                    f"{field}[{i}].text has {len(feature['input_ids'])} tokens, more than the limit "
+                    f"of {limit}; shorten it",
+                )
         metrics.tokenize_seconds.observe(time.perf_counter() - started)
-        return features, images
+        return features, checked
 
     async def embed_items(request: Any, items: list[Any], kind: str, field: str) -> tuple[list[Any], int]:
         """Embed a list of texts and ``{"text", "image"}`` items: (outputs, text + image tokens)."""
@@ -394,7 +401,7 @@ def create_app(
                 )
             texts.append(text)
             refs.append(ref)
-        if all(ref is None for ref in refs):
+        if all(ref is None for ref in refs) and not item_protocol:
             return await embed(request, None, [t or "" for t in texts], kind, None, field)
         check_texts([text or "" for text in texts], field)
         worker.expect()
@@ -406,7 +413,9 @@ def create_app(
         except BaseException:
             worker.unexpect()
             raise
-        tokens = sum(len(f["input_ids"]) for f in features if f is not None)
+        tokens = sum(
+            len(f["input_ids"]) if isinstance(f, dict) else len(f) // 4 for f in features if f is not None
+        )
         tokens += embedder.image_tokens * sum(image is not None for image in images)
         items_in = list(zip(features, images, strict=True))
         return await submit(request, ("embed_images",), items_in, tokens, expected=True), tokens
