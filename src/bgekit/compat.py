@@ -42,12 +42,24 @@ _FLAG_MODEL_ARGS = (
 )
 
 
+_FLAG_EMBEDDER_DEFAULTS: dict[str, Any] = {
+    "normalize_embeddings": True,
+    "use_fp16": True,
+    "batch_size": 256,
+    "query_max_length": 512,
+    "passage_max_length": 512,
+}
+"""The defaults every FlagEmbedding 1.4.2 embedder class shares (``FlagEmbedding/abc/inference/
+AbsEmbedder.py``: ``batch_size=256``, ``query_max_length=512``, ``passage_max_length=512``, ``use_fp16=True``,
+``normalize_embeddings=True``); each class below adds its pooling, format and kind."""
+
+
 def _flag_kwargs_to_bgekit(
     where: str, kwargs: dict[str, Any], defaults: dict[str, Any], extra_args: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     valid = _FLAG_MODEL_ARGS + extra_args
     reject_unknown_kwargs(where, {k: v for k, v in kwargs.items() if k not in valid}, valid)
-    merged = {**defaults, **kwargs}
+    merged = {**_FLAG_EMBEDDER_DEFAULTS, **defaults, **kwargs}
     dtype = "fp16" if merged.pop("use_fp16", False) else None
     if merged.pop("use_bf16", False):
         dtype = "bf16"
@@ -70,21 +82,9 @@ class FlagModel(Embedder):
     """
 
     def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
-        self._convert_to_numpy = kwargs.get("convert_to_numpy", True)
-        defaults = {
-            "normalize_embeddings": True,
-            "use_fp16": True,
-            "pooling_method": "cls",
-            "query_instruction_format": "{}{}",
-            "batch_size": 256,
-            "query_max_length": 512,
-            "passage_max_length": 512,
-        }
+        self._call_defaults = {"convert_to_numpy": kwargs.get("convert_to_numpy", True)}
+        defaults = {"pooling_method": "cls", "query_instruction_format": "{}{}"}
         super().__init__(model_name_or_path, **_flag_kwargs_to_bgekit("FlagModel", kwargs, defaults))
-
-    def _encode_validated(self, texts: list[str], single: bool, **kwargs: Any) -> Any:
-        kwargs.setdefault("convert_to_numpy", self._convert_to_numpy)
-        return super()._encode_validated(texts, single, **kwargs)
 
 
 class FlagAutoModel:
@@ -109,13 +109,7 @@ class FlagAutoModel:
         convert_to_numpy = kwargs.pop("convert_to_numpy", True)
         model = Embedder(model_name_or_path, **_flag_kwargs_to_bgekit("FlagAutoModel", kwargs, {}))
         if not convert_to_numpy:
-            original = model._encode_validated
-
-            def _encode(texts: list[str], single: bool, **kw: Any) -> Any:
-                kw.setdefault("convert_to_numpy", False)
-                return original(texts, single, **kw)
-
-            model._encode_validated = _encode  # type: ignore[method-assign]
+            model._call_defaults = {"convert_to_numpy": False}
         return model
 
 
@@ -321,15 +315,7 @@ class BGEM3FlagModel(Embedder):
         kwargs.pop("convert_to_numpy", None)  # FlagEmbedding ignores it for M3 too
         colbert_dim = kwargs.pop("colbert_dim", -1)
         _unescape_formats(kwargs)
-        defaults = {
-            "normalize_embeddings": True,
-            "use_fp16": True,
-            "pooling_method": "cls",
-            "batch_size": 256,
-            "query_max_length": 512,
-            "passage_max_length": 512,
-            "kind": "m3",
-        }
+        defaults = {"pooling_method": "cls", "kind": "m3"}
         converted = _flag_kwargs_to_bgekit("BGEM3FlagModel", kwargs, defaults, _M3_ARGS)
         if colbert_dim is not None and colbert_dim > 0:
             converted["colbert_dim"] = int(colbert_dim)
@@ -434,22 +420,13 @@ class FlagLLMModel(Embedder):
     """
 
     def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
-        self._convert_to_numpy = kwargs.pop("convert_to_numpy", True)
+        self._call_defaults = {"convert_to_numpy": kwargs.pop("convert_to_numpy", True)}
         defaults = {
-            "normalize_embeddings": True,
-            "use_fp16": True,
             "pooling_method": "last_token",
             "query_instruction_format": "Instruct: {}\nQuery: {}",
-            "batch_size": 256,
-            "query_max_length": 512,
-            "passage_max_length": 512,
             "kind": "decoder",
         }
         super().__init__(model_name_or_path, **_llm_kwargs("FlagLLMModel", kwargs, defaults))
-
-    def _encode_validated(self, texts: list[str], single: bool, **kwargs: Any) -> Any:
-        kwargs.setdefault("convert_to_numpy", self._convert_to_numpy)
-        return super()._encode_validated(texts, single, **kwargs)
 
 
 class FlagICLModel(FlagLLMModel):
@@ -467,15 +444,10 @@ class FlagICLModel(FlagLLMModel):
     def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
         suffix = kwargs.pop("suffix", "\n<response>")
         example_format = kwargs.pop("examples_instruction_format", "<instruct>{}\n<query>{}\n<response>{}")
-        self._convert_to_numpy = kwargs.pop("convert_to_numpy", True)
+        self._call_defaults = {"convert_to_numpy": kwargs.pop("convert_to_numpy", True)}
         defaults = {
-            "normalize_embeddings": True,
-            "use_fp16": True,
             "pooling_method": "last_token",
             "query_instruction_format": "<instruct>{}\n<query>{}",
-            "batch_size": 256,
-            "query_max_length": 512,
-            "passage_max_length": 512,
             "kind": "icl",
         }
         Embedder.__init__(

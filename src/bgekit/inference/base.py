@@ -20,7 +20,7 @@ from bgekit.engine import DevicePool
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference.onnx_backend import Task
-from bgekit.inference.runtime import resolve_runtime
+from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models.loading import resolve_model_folder
 from bgekit.models.settings import write_saved_settings
 
@@ -86,6 +86,10 @@ class DeviceModel:
         self.show_progress = kwargs.get("show_progress")
         self._model: Any = None
         self._pool: DevicePool | None = None
+
+    def call_batch_size(self, given: Any = None) -> int:
+        """A call's batch size: ``given`` (checked) or the model's ``batch_size``."""
+        return self.batch_size if given is None else check_batch_size(given)
 
     def _init_runtime(self, kwargs: dict[str, Any], default_dtype: str, default_max_tokens: int) -> None:
         """Resolve devices, dtype, token budget, backend and quantisation (see ``runtime``)."""

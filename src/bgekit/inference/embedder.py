@@ -36,9 +36,9 @@ from bgekit.inference.inputs import (
     icl_queries,
     tokenize_appending,
 )
-from bgekit.inference.kinds import LLM_KINDS, apply_kind_defaults
+from bgekit.inference.kinds import LLM_KINDS, apply_kind_defaults, kind_dtype
 from bgekit.inference.m3 import M3Methods
-from bgekit.inference.runtime import check_batch_size
+from bgekit.inference.options import EncodeOptions
 from bgekit.models.loading import load_config, load_pretrained, load_tokenizer, model_max_length
 from bgekit.models.settings import EmbedderSettings, resolve_embedder_settings, validate_examples
 
@@ -50,9 +50,6 @@ DEFAULT_MAX_TOKENS_PER_BATCH = 16384  # on GPUs; CPUs use engine.CPU_MAX_TOKENS_
 
 _SETTING_ARGS = tuple(f for f in EmbedderSettings.field_names() if f not in ("extra", "dtype"))
 _RUNTIME_ARGS = (*RUNTIME_ARGS, "dtype", "adapter")
-
-
-SparseFormat = Literal["dict", "csr", "raw"]
 
 
 class Embedder(M3Methods, DeviceModel):
@@ -90,6 +87,7 @@ class Embedder(M3Methods, DeviceModel):
     """
 
     settings_section = "embedder"
+    _call_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only; compat classes set their own
     onnx_task = "feature-extraction"
     default_batch_size = DEFAULT_BATCH_SIZE
     settings: EmbedderSettings
@@ -102,10 +100,9 @@ class Embedder(M3Methods, DeviceModel):
         )
         self.config = load_config(self.folder, trust_remote_code=self.trust_remote_code)
         apply_kind_defaults(self.settings, self.settings_origin, self.folder, self.config)
-        llm = self.settings.kind in LLM_KINDS
         self.adapter = check_adapter_folder(kwargs.get("adapter"), "adapter")
         self._init_runtime(
-            kwargs, self.settings.dtype or ("bf16" if llm else "fp32"), DEFAULT_MAX_TOKENS_PER_BATCH
+            kwargs, self.settings.dtype or kind_dtype(self.settings.kind), DEFAULT_MAX_TOKENS_PER_BATCH
         )
 
         self.tokenizer = load_tokenizer(
@@ -180,8 +177,8 @@ class Embedder(M3Methods, DeviceModel):
             >>> model.encode_queries(["what is bge?"])   # doctest: +SKIP
         """
         texts, single = as_text_list(queries, "queries")
-        texts, max_length = self.prepare(texts, "query", kwargs.pop("max_length", None))
-        return self._encode_validated(texts, single, max_length=max_length, **kwargs)
+        texts, options = self._prepare_call(texts, "query", kwargs)
+        return self._encode_validated(texts, single, options)
 
     def encode_corpus(self, corpus: Any, **kwargs: Any) -> Any:
         """Encode passages: strings or ``{"title", "text"}`` dicts, with the passage instruction.
@@ -190,14 +187,18 @@ class Embedder(M3Methods, DeviceModel):
             >>> model.encode_corpus([{"title": "Panda", "text": "A bear."}, "plain text"])   # doctest: +SKIP
         """
         texts, single = as_corpus_list(corpus, "corpus")
-        texts, max_length = self.prepare(texts, "passage", kwargs.pop("max_length", None))
-        return self._encode_validated(texts, single, max_length=max_length, **kwargs)
+        texts, options = self._prepare_call(texts, "passage", kwargs)
+        return self._encode_validated(texts, single, options)
 
     def prepare(
         self, texts: list[str], kind: Literal["query", "passage", "text"], max_length: int | None = None
     ) -> tuple[list[str], int]:
         """The texts as the model reads them and their token limit, as ``encode_queries`` (``"query"``),
         ``encode_corpus`` (``"passage"``) or ``encode`` (``"text"``: no instruction) prepare them.
+
+        The limit is ``max_length`` when given, else the settings' ``query_max_length`` (queries) or
+        ``passage_max_length`` (passages and plain texts), which ``__init__`` resolved: this is the one
+        place a call's token limit is chosen.
 
         The server uses it with :meth:`tokenize` and :meth:`encode_features` to tokenize requests off the
         model's thread and batch many requests' texts into one run of the engine.
@@ -209,7 +210,7 @@ class Embedder(M3Methods, DeviceModel):
         settings = self.settings
         if kind == "query":
             texts = apply_instruction(texts, settings.query_instruction, settings.query_instruction_format)
-            limit = int(max_length or settings.query_max_length or self.max_length_limit)
+            limit = self.token_limit("query", max_length)
             if settings.kind == "icl":
                 texts, limit = self._icl_queries(texts, limit)
             return texts, limit
@@ -219,7 +220,30 @@ class Embedder(M3Methods, DeviceModel):
             )
         elif kind != "text":
             raise ConfigError(f"kind={kind!r} is not valid; choose 'query', 'passage' or 'text'")
-        return texts, int(max_length or settings.passage_max_length or self.max_length_limit)
+        return texts, self.token_limit("passage", max_length)
+
+    def token_limit(self, kind: Literal["query", "passage"], max_length: int | None = None) -> int:
+        """``max_length`` when given, else the settings' ``query_max_length`` or ``passage_max_length``."""
+        if max_length:
+            return int(max_length)
+        settings = self.settings
+        return int(settings.query_max_length if kind == "query" else settings.passage_max_length)
+
+    def _prepare_call(
+        self, texts: list[str], kind: Literal["query", "passage", "text"], kwargs: dict[str, Any]
+    ) -> tuple[list[str], EncodeOptions]:
+        """The prepared texts and this call's options: the caller's keyword arguments (``None``: not
+        given), else the model's ``batch_size`` / ``show_progress`` and the limit from :meth:`prepare`."""
+        given = {**self._call_defaults, **{k: v for k, v in kwargs.items() if v is not None}}
+        texts, max_length = self.prepare(texts, kind, given.pop("max_length", None))
+        options = EncodeOptions.build(
+            f"{type(self).__name__}.encode",
+            given,
+            max_length=max_length,
+            batch_size=self.call_batch_size(given.get("batch_size")),
+            show_progress=given.get("show_progress", self.show_progress),
+        )
+        return texts, options
 
     def encode(
         self,
@@ -227,23 +251,23 @@ class Embedder(M3Methods, DeviceModel):
         *,
         instruction: str | None = None,
         instruction_format: str = "{}{}",
-        max_length: int | None = None,
-        batch_size: int | None = None,
-        convert_to_numpy: bool = True,
-        convert_to_tensor: bool = False,
-        show_progress: bool | None = None,
-        return_dense: bool = True,
-        return_sparse: bool = False,
-        return_colbert_vecs: bool = False,
-        sparse_format: SparseFormat = "dict",
+        **kwargs: Any,
     ) -> Any:
         """Encode texts as they are (no query/passage instruction unless ``instruction`` is given).
 
         Args:
+            max_length: token limit (default: the model's ``passage_max_length``).
+            batch_size: most texts in one batch (default: the model's ``batch_size``).
+            convert_to_numpy / convert_to_tensor: numpy arrays (default) or torch tensors.
+            show_progress: progress bar (default: the model's ``show_progress``).
             return_dense / return_sparse / return_colbert_vecs: BGE-M3 only: which heads to return; all
-                come from one pass through the backbone.
+                come from one pass through the backbone (default: dense only).
             sparse_format: M3 lexical weights as FlagEmbedding's ``{"token_id": weight}`` dicts
                 (``"dict"``) or one ``scipy.sparse`` CSR matrix of shape (n, vocab) (``"csr"``).
+
+        These keyword arguments, also taken by ``encode_queries`` and ``encode_corpus``, become one
+        :class:`~bgekit.inference.options.EncodeOptions`; an unknown name raises ``ConfigError`` listing
+        the valid ones.
 
         Returns:
             float32 ``np.ndarray`` of shape (n, dim), or (dim,) for a single string; a torch tensor with
@@ -258,39 +282,12 @@ class Embedder(M3Methods, DeviceModel):
         """
         items, single = as_text_list(texts)
         items = apply_instruction(items, instruction, instruction_format)
-        return self._encode_validated(
-            items,
-            single,
-            max_length=max_length or self.settings.passage_max_length,
-            batch_size=batch_size,
-            convert_to_numpy=convert_to_numpy,
-            convert_to_tensor=convert_to_tensor,
-            show_progress=show_progress,
-            return_dense=return_dense,
-            return_sparse=return_sparse,
-            return_colbert_vecs=return_colbert_vecs,
-            sparse_format=sparse_format,
-        )
+        items, options = self._prepare_call(items, "text", kwargs)
+        return self._encode_validated(items, single, options)
 
-    def _encode_validated(
-        self,
-        texts: list[str],
-        single: bool,
-        *,
-        max_length: int | None = None,
-        batch_size: int | None = None,
-        convert_to_numpy: bool = True,
-        convert_to_tensor: bool = False,
-        show_progress: bool | None = None,
-        return_dense: bool = True,
-        return_sparse: bool = False,
-        return_colbert_vecs: bool = False,
-        sparse_format: SparseFormat = "dict",
-    ) -> Any:
-        heads = self._check_heads(return_dense, return_sparse, return_colbert_vecs, sparse_format)
-        max_length = int(max_length or self.max_length_limit)
-        batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
-        show = self.show_progress if show_progress is None else show_progress
+    def _encode_validated(self, texts: list[str], single: bool, options: EncodeOptions) -> Any:
+        heads = self._check_heads(options.return_dense, options.return_sparse, options.return_colbert_vecs)
+        max_length, batch_size = options.max_length, options.batch_size
         result: Any
         if len(self.devices) > 1 and len(texts) > 1:
             parts = self._map_split(
@@ -305,12 +302,11 @@ class Embedder(M3Methods, DeviceModel):
             else:
                 result = np.concatenate(parts, axis=0) if parts else np.zeros((0, self.dim), np.float32)
         else:
-            result = self._encode_local(texts, max_length, batch_size, show, heads)
-        as_tensor = convert_to_tensor or not convert_to_numpy
+            result = self._encode_local(texts, max_length, batch_size, options.show_progress, heads)
         if heads is not None:
-            return m3.format_output(result, single, sparse_format, as_tensor, self.vocab_size)
+            return m3.format_output(result, single, options.sparse_format, options.as_tensor, self.vocab_size)
         vectors = result[0] if single else result
-        return torch.from_numpy(vectors) if as_tensor else vectors
+        return torch.from_numpy(vectors) if options.as_tensor else vectors
 
     def tokenize(
         self, texts: list[str], max_length: int, *, truncate: bool = True
@@ -395,7 +391,7 @@ class Embedder(M3Methods, DeviceModel):
             return embed_batch(model, batch, heads, dense, self.m3_heads, self._unused_ids)
 
         engine = BatchEngine(
-            batch_size=self.batch_size if batch_size is None else check_batch_size(batch_size),
+            batch_size=self.call_batch_size(batch_size),
             max_tokens_per_batch=self.max_tokens_per_batch,
             show_progress=show_progress,
             desc="Encoding",

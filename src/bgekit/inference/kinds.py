@@ -16,6 +16,16 @@ KIND_DEFAULT_FORMATS = {"decoder": "Instruct: {}\nQuery: {}", "icl": "<instruct>
 """FlagEmbedding's default query instruction formats for ``FlagLLMModel`` and ``FlagICLModel``."""
 
 
+def kind_dtype(kind: str | None) -> str:
+    """The dtype a kind of embedder runs in when neither the caller nor the checkpoint names one.
+
+    Example:
+        >>> kind_dtype("decoder"), kind_dtype("encoder")
+        ('bf16', 'fp32')
+    """
+    return "bf16" if kind in LLM_KINDS else "fp32"
+
+
 def is_decoder_only(config: Any) -> bool:
     """True for causal-LM architectures (Llama, Mistral, Qwen2, Gemma2, ...), False for BERT-likes."""
     from transformers.models.auto.modeling_auto import (

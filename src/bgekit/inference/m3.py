@@ -375,15 +375,17 @@ class M3Methods:
     """BGE-M3's methods of ``Embedder`` under FlagEmbedding's ``BGEM3FlagModel`` names: pair scores,
     lexical matching, ColBERT scores and token names, and the check of the ``return_*`` head flags.
 
-    A mixin: the embedder provides the tokenizer, config, settings, M3 heads and ``_encode_validated``.
+    A mixin: the embedder provides the tokenizer, config, settings, M3 heads, ``token_limit``,
+    ``_prepare_call`` and ``_encode_validated``.
     """
 
     m3_heads: Any
     tokenizer: Any
     config: Any
     settings: Any
-    max_length_limit: int
     _encode_validated: Callable[..., Any]
+    _prepare_call: Callable[..., Any]
+    token_limit: Callable[..., int]
 
     @property
     def colbert_dim(self) -> int:
@@ -398,11 +400,9 @@ class M3Methods:
         return max(len(self.tokenizer), int(getattr(self.config, "vocab_size", 0) or 0))
 
     def _check_heads(
-        self, return_dense: bool, return_sparse: bool, return_colbert_vecs: bool, sparse_format: str
+        self, return_dense: bool, return_sparse: bool, return_colbert_vecs: bool
     ) -> tuple[bool, bool, bool] | None:
         """Validate the ``return_*`` flags; ``None`` means the plain dense path."""
-        if sparse_format not in ("dict", "csr", "raw"):
-            raise InputError(f"sparse_format={sparse_format!r} is not valid; choose 'dict' or 'csr'")
         if self.m3_heads is None:
             if return_sparse or return_colbert_vecs or not return_dense:
                 raise ConfigError(
@@ -450,16 +450,15 @@ class M3Methods:
         require_m3(self.m3_heads, self.settings.kind, "compute_score")
 
         def encode(texts: list[str], max_length: int, **flags: Any) -> Any:
-            return self._encode_validated(texts, False, max_length=max_length, **flags)
+            texts, options = self._prepare_call(texts, "text", {**flags, "max_length": max_length})
+            return self._encode_validated(texts, False, options)
 
         return score_pairs(
             encode,
             self.vocab_size,
             sentence_pairs,
-            query_max_length=int(max_query_length or self.settings.query_max_length or self.max_length_limit),
-            passage_max_length=int(
-                max_passage_length or self.settings.passage_max_length or self.max_length_limit
-            ),
+            query_max_length=self.token_limit("query", max_query_length),
+            passage_max_length=self.token_limit("passage", max_passage_length),
             batch_size=batch_size,
             weights_for_different_modes=weights_for_different_modes,
             show_progress=show_progress,

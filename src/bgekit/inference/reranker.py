@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from bgekit.engine import BatchEngine, batch_overhead_tokens, pad_sequences
-from bgekit.errors import ConfigError, InputError, ModelLoadError, reject_unknown_kwargs
+from bgekit.errors import ConfigError, InputError, ModelLoadError
 from bgekit.inference.base import RUNTIME_ARGS, DeviceModel, file_fingerprint, merge_adapter
 from bgekit.inference.inputs import apply_instruction, corpus_item_text
+from bgekit.inference.options import RerankOptions
 from bgekit.inference.ranking import ranked_indices
 from bgekit.inference.rerank_heads import (
     cross_encoder_scores,
@@ -29,8 +30,11 @@ from bgekit.inference.rerank_heads import (
     llm_scores,
 )
 from bgekit.inference.rerank_inputs import CrossEncoderInputs, PromptInputs, as_pair_list
-from bgekit.inference.reranker_settings import RerankerSettings, resolve_reranker_settings
-from bgekit.inference.runtime import check_batch_size
+from bgekit.inference.reranker_settings import (
+    DEFAULT_DTYPE,
+    RerankerSettings,
+    resolve_reranker_settings,
+)
 from bgekit.models import reranker_registry
 from bgekit.models.loading import load_config, load_pretrained, load_tokenizer
 
@@ -41,17 +45,6 @@ DEFAULT_MAX_TOKENS_PER_BATCH = 32768  # on GPUs; CPUs use engine.CPU_MAX_TOKENS_
 
 _SETTING_ARGS = tuple(RerankerSettings.field_names())
 _RUNTIME_ARGS = (*RUNTIME_ARGS, "peft_path")
-_CALL_ARGS = (
-    "batch_size",
-    "max_length",
-    "query_max_length",
-    "normalize",
-    "prompt",
-    "cutoff_layers",
-    "compress_layers",
-    "compress_ratio",
-    "show_progress",
-)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -108,7 +101,7 @@ class Reranker(DeviceModel):
             self.name_or_path, self.folder, explicit, self.config
         )
         self.kind: str = str(self.settings.kind)
-        self._init_runtime(kwargs, self.settings.dtype or "fp32", DEFAULT_MAX_TOKENS_PER_BATCH)
+        self._init_runtime(kwargs, self.settings.dtype or DEFAULT_DTYPE, DEFAULT_MAX_TOKENS_PER_BATCH)
 
         self.tokenizer = load_tokenizer(self.folder, trust_remote_code=self.trust_remote_code)
         original_pad_id = self.tokenizer.pad_token_id
@@ -267,11 +260,8 @@ class Reranker(DeviceModel):
             >>> reranker.compute_score([("what is a panda?", "A bear."), ("what is a panda?", "A fruit.")])  # doctest: +SKIP
             [3.1, -2.4]
         """
-        reject_unknown_kwargs(
-            "Reranker.compute_score", {k: v for k, v in kwargs.items() if k not in _CALL_ARGS}, _CALL_ARGS
-        )
-        pairs, single = as_pair_list(sentence_pairs, "sentence_pairs")
         options = self._call_options(kwargs)
+        pairs, single = as_pair_list(sentence_pairs, "sentence_pairs")
         pairs = self._apply_instructions(pairs)
         if not pairs:
             return []
@@ -279,12 +269,12 @@ class Reranker(DeviceModel):
             parts = self._map_split(
                 "_score_local",
                 len(pairs),
-                lambda a, b: (pairs[a:b], {**options, "show_progress": False, "position_offset": a}),
+                lambda a, b: (pairs[a:b], options.at(a)),
             )
             logits = np.concatenate(parts, axis=0)
         else:
             logits = self._score_local(pairs, options)
-        scores = sigmoid(logits) if options["normalize"] else logits.astype(np.float64)
+        scores = sigmoid(logits) if options.normalize else logits.astype(np.float64)
         columns = [scores[:, j].tolist() for j in range(scores.shape[1])]
         if single:
             return columns[0][0] if len(columns) == 1 else [c[0] for c in columns]
@@ -314,38 +304,35 @@ class Reranker(DeviceModel):
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
             raise ConfigError(f"top_k={top_k!r} is not valid; expected a non-negative integer or None")
         texts = [corpus_item_text(p, i, "passages") for i, p in enumerate(passages)]
-        cutoff = kwargs.get("cutoff_layers", self.settings.cutoff_layers)
+        cutoff = kwargs.get("cutoff_layers") or self.settings.cutoff_layers
         if cutoff is not None and len(cutoff) > 1:
             raise ConfigError(f"rank needs one score per passage; pass cutoff_layers=[k] (got {cutoff})")
         scores = self.compute_score([(query, t) for t in texts], **kwargs) if texts else []
         return [(i, float(scores[i])) for i in ranked_indices(scores, top_k)]
 
-    def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _call_options(self, kwargs: dict[str, Any]) -> RerankOptions:
+        """This call's options: the caller's, else the reranker's settings (the one place they meet)."""
         s = self.settings
-        max_length = kwargs.get("max_length") or s.max_length
-        options: dict[str, Any] = {
-            "batch_size": self.batch_size
-            if kwargs.get("batch_size") is None
-            else check_batch_size(kwargs["batch_size"]),
-            "max_length": max_length,
-            "query_max_length": kwargs.get("query_max_length") or s.query_max_length,
-            "normalize": s.normalize if kwargs.get("normalize") is None else bool(kwargs["normalize"]),
-            "prompt": kwargs.get("prompt") or s.prompt,
-            "cutoff_layers": kwargs.get("cutoff_layers") or s.cutoff_layers,
-            "compress_layers": kwargs.get("compress_layers") or s.compress_layers,
-            "compress_ratio": kwargs.get("compress_ratio") or s.compress_ratio,
-            "show_progress": self.show_progress
-            if kwargs.get("show_progress") is None
-            else kwargs["show_progress"],
-        }
-        if isinstance(options["cutoff_layers"], int):
-            options["cutoff_layers"] = [options["cutoff_layers"]]
-        self._check_call_settings(
-            options["max_length"], options["query_max_length"], options["cutoff_layers"]
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        max_length = given.pop("max_length", None) or s.max_length
+        query_max_length = given.pop("query_max_length", None) or s.query_max_length
+        cutoff_layers = given.pop("cutoff_layers", None) or s.cutoff_layers
+        if isinstance(cutoff_layers, int) and not isinstance(cutoff_layers, bool):
+            cutoff_layers = [cutoff_layers]
+        self._check_call_settings(max_length, query_max_length, cutoff_layers)
+        return RerankOptions.build(
+            "Reranker.compute_score",
+            given,
+            batch_size=self.call_batch_size(given.get("batch_size")),
+            max_length=max_length,
+            query_max_length=max_length * 3 // 4 if query_max_length is None else query_max_length,
+            normalize=bool(given.get("normalize", s.normalize)),
+            prompt=given.get("prompt") or s.prompt,
+            cutoff_layers=cutoff_layers,
+            compress_layers=given.get("compress_layers") or s.compress_layers,
+            compress_ratio=given.get("compress_ratio") or s.compress_ratio,
+            show_progress=given.get("show_progress", self.show_progress),
         )
-        if options["query_max_length"] is None:
-            options["query_max_length"] = options["max_length"] * 3 // 4
-        return options
 
     def _apply_instructions(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         s = self.settings
@@ -360,10 +347,10 @@ class Reranker(DeviceModel):
             return reranker_registry.LIGHTWEIGHT_PROMPT
         return reranker_registry.LLM_PROMPT
 
-    def _score_local(self, pairs: list[tuple[str, str]], options: dict[str, Any]) -> np.ndarray:
+    def _score_local(self, pairs: list[tuple[str, str]], options: RerankOptions) -> np.ndarray:
         """Raw scores (logits) of instruction-formatted pairs on this process's device: (n, n_outputs)."""
         model = self._load_model()
-        max_length, query_max_length = int(options["max_length"]), int(options["query_max_length"])
+        max_length, query_max_length = options.max_length, options.query_max_length
         pad_id = int(self.tokenizer.pad_token_id)
         query_lengths: list[int] = []
         prompt_length = 0
@@ -371,12 +358,12 @@ class Reranker(DeviceModel):
             features = self._cross_inputs.features(pairs, max_length, query_max_length)
         else:
             assert self._prompt_inputs is not None
-            prompt = options["prompt"] or self._default_prompt()
+            prompt = options.prompt or self._default_prompt()
             features, query_lengths, prompt_length = self._prompt_inputs.features(
                 pairs, max_length, query_max_length, prompt
             )
         kind, yes_id = self.kind, self.yes_token_id
-        cutoff = options["cutoff_layers"]
+        cutoff = options.cutoff_layers
         if kind == "llm" and cutoff is not None:
             kind = "layerwise"  # cutoff_layers for this call: score from those layers
         if kind == "layerwise" and cutoff is None:
@@ -405,19 +392,19 @@ class Reranker(DeviceModel):
                         model,
                         batch,
                         cutoff,
-                        options["compress_layers"],
-                        options["compress_ratio"],
+                        options.compress_layers,
+                        options.compress_ratio,
                         [query_lengths[i] for i in indices],
                         prompt_length,
                     )
             return scores.cpu()
 
         engine = BatchEngine(
-            batch_size=int(options["batch_size"]),
+            batch_size=options.batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
-            show_progress=options["show_progress"],
+            show_progress=options.show_progress,
             desc="Reranking",
-            position_offset=int(options.get("position_offset", 0)),
+            position_offset=options.position_offset,
             overhead_tokens=batch_overhead_tokens(self.device),
         )
         out = engine.run([len(f["input_ids"]) for f in features], step)

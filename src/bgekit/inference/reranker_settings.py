@@ -19,6 +19,9 @@ RerankerKind = Literal["cross-encoder", "llm", "layerwise", "lightweight"]
 DEFAULT_MAX_LENGTH = 512
 """FlagEmbedding's default ``max_length`` for every reranker class."""
 
+DEFAULT_DTYPE = "fp32"
+"""The dtype every kind of reranker runs in when neither the caller nor the checkpoint names one."""
+
 LLM_KINDS = ("llm", "layerwise", "lightweight")
 
 
