@@ -133,8 +133,7 @@ def build_tiny_bert(folder: Path, tokenizer_dir: str, *, seed: int = 0, **config
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=512,
-        **config_overrides,
+        **{"max_position_embeddings": 512, **config_overrides},
     )
     model = BertModel(config).eval()
     model.save_pretrained(folder, safe_serialization=True)
