@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -21,7 +21,7 @@ from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference.onnx_backend import Task
 from bgekit.inference.runtime import check_batch_size, resolve_runtime
-from bgekit.models.loading import resolve_model_folder
+from bgekit.models.loading import load_pretrained, resolve_model_folder
 from bgekit.models.settings import write_saved_settings
 
 RUNTIME_ARGS = (
@@ -111,6 +111,16 @@ class DeviceModel:
 
     def _load_torch_model(self) -> Any:
         raise NotImplementedError
+
+    def _load_weights(self, auto_class: Any) -> Any:
+        """The checkpoint's weights as ``auto_class`` in this model's dtype, on its device."""
+        return load_pretrained(
+            auto_class,
+            self.folder,
+            dtype=self.torch_dtype,
+            device=self.device,
+            trust_remote_code=self.trust_remote_code,
+        )
 
     def _after_load(self) -> None:
         """Move what the model needs beside it (heads) to its device."""
@@ -211,12 +221,24 @@ class DeviceModel:
         write_saved_settings(path, self.settings_section, settings)
 
     @staticmethod
-    def _digest(parts: Iterable[str]) -> str:
-        """The 16-hex-digit fingerprint of ``parts`` (each subclass lists what changes its outputs)."""
+    def _digest(parts: list[str], adapter: str | None = None) -> str:
+        """The 16-hex-digit fingerprint of ``parts`` (each subclass lists what changes its outputs) and of
+        the files of ``adapter``, a PEFT adapter folder merged into the weights, when there is one."""
+        if adapter and os.path.isdir(adapter):
+            parts = [*parts, file_fingerprint(adapter)]
         digest = hashlib.sha256()
         for part in parts:
             digest.update(part.encode())
         return digest.hexdigest()[:16]
+
+    def _repr_fields(self) -> dict[str, Any]:
+        """What ``repr`` shows besides the name and the dtype and devices every model shows."""
+        return {}
+
+    def __repr__(self) -> str:
+        fields = {**self._repr_fields(), "dtype": self.dtype, "devices": self.devices}
+        shown = ", ".join(f"{key}={value!r}" for key, value in fields.items())
+        return f"{self.settings_section.capitalize()}({self.name_or_path!r}, {shown})"
 
 
 def file_fingerprint(folder: str, chunk: int = 1 << 20) -> str:

@@ -39,7 +39,7 @@ from bgekit.inference.inputs import (
 from bgekit.inference.kinds import LLM_KINDS, apply_kind_defaults, kind_dtype
 from bgekit.inference.m3 import M3Methods
 from bgekit.inference.options import EncodeOptions
-from bgekit.models.loading import load_config, load_pretrained, load_tokenizer, model_max_length
+from bgekit.models.loading import load_config, load_tokenizer, model_max_length
 from bgekit.models.settings import EmbedderSettings, resolve_embedder_settings, validate_examples
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Embedder", "file_fingerprint"]
@@ -147,13 +147,7 @@ class Embedder(M3Methods, DeviceModel):
     def _load_torch_model(self) -> Any:
         from transformers import AutoModel
 
-        model = load_pretrained(
-            AutoModel,
-            self.folder,
-            dtype=self.torch_dtype,
-            device=self.device,
-            trust_remote_code=self.trust_remote_code,
-        )
+        model = self._load_weights(AutoModel)
         return model if self.adapter is None else merge_adapter(model, self.adapter, "adapter")
 
     def _after_load(self) -> None:
@@ -462,13 +456,8 @@ class Embedder(M3Methods, DeviceModel):
         if include_runtime:
             parts.append(f"{self.dtype}/{self.backend}/{self.quantization}")
         parts.append(file_fingerprint(self.folder))
-        if self.adapter is not None:
-            parts.append(file_fingerprint(self.adapter))
-        return self._digest(parts)
+        return self._digest(parts, self.adapter)
 
-    def __repr__(self) -> str:
+    def _repr_fields(self) -> dict[str, Any]:
         s = self.settings
-        return (
-            f"Embedder({self.name_or_path!r}, kind={s.kind!r}, pooling={s.pooling!r}, normalize={s.normalize}, "
-            f"dim={self.dim}, dtype={self.dtype!r}, devices={self.devices})"
-        )
+        return {"kind": s.kind, "pooling": s.pooling, "normalize": s.normalize, "dim": self.dim}

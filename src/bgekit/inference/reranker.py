@@ -36,7 +36,7 @@ from bgekit.inference.reranker_settings import (
     resolve_reranker_settings,
 )
 from bgekit.models import reranker_registry
-from bgekit.models.loading import load_config, load_pretrained, load_tokenizer
+from bgekit.models.loading import load_config, load_tokenizer
 
 DEFAULT_BATCH_SIZE = 128
 """FlagEmbedding's reranker batch size."""
@@ -163,13 +163,7 @@ class Reranker(DeviceModel):
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         if self.kind == "cross-encoder":
-            model = load_pretrained(
-                AutoModelForSequenceClassification,
-                self.folder,
-                dtype=self.torch_dtype,
-                device=self.device,
-                trust_remote_code=self.trust_remote_code,
-            )
+            model = self._load_weights(AutoModelForSequenceClassification)
             labels = int(getattr(model.config, "num_labels", 1))
             if labels != 1:
                 raise ConfigError(
@@ -181,13 +175,7 @@ class Reranker(DeviceModel):
                     "lightweight rerankers (cutoff_layers, compress_layers, compress_ratio) run the checkpoint's own "
                     "code, which bgekit does not copy; pass trust_remote_code=True"
                 )
-            model = load_pretrained(
-                AutoModelForCausalLM,
-                self.folder,
-                dtype=self.torch_dtype,
-                device=self.device,
-                trust_remote_code=self.trust_remote_code,
-            )
+            model = self._load_weights(AutoModelForCausalLM)
             if self.peft_path:
                 model = merge_adapter(model, str(self.peft_path), "peft_path")
             if self.kind == "lightweight" and not forward_accepts(model, "compress_ratio"):
@@ -429,16 +417,11 @@ class Reranker(DeviceModel):
             f"{self.kind}|{self.dtype}|{self.peft_path}",
             file_fingerprint(self.folder),
         ]
-        if self.peft_path and os.path.isdir(str(self.peft_path)):
-            parts.append(file_fingerprint(str(self.peft_path)))
-        return self._digest(parts)
+        return self._digest(parts, str(self.peft_path) if self.peft_path else None)
 
-    def __repr__(self) -> str:
+    def _repr_fields(self) -> dict[str, Any]:
         s = self.settings
-        return (
-            f"Reranker({self.name_or_path!r}, kind={self.kind!r}, normalize={s.normalize}, "
-            f"max_length={s.max_length}, dtype={self.dtype!r}, devices={self.devices})"
-        )
+        return {"kind": self.kind, "normalize": s.normalize, "max_length": s.max_length}
 
 
 class AutoReranker:
