@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from bgekit.errors import ConfigError
+from bgekit.finetune import entry
 from bgekit.finetune.arguments import DataArguments, EmbedderTrainingArguments, ModelArguments
 from bgekit.finetune.data import (
     GroupCollator,
@@ -261,31 +262,23 @@ def train(
 ) -> EmbedderTrainer:
     """Fine-tune and save to ``training_args.output_dir`` (loadable with ``bgekit.Embedder``).
 
-    Resumes from ``training_args.resume_from_checkpoint`` when given (a folder, or ``"last"``/``"true"``
-    for the last complete checkpoint in ``output_dir``); a non-empty ``output_dir`` is refused otherwise,
-    unless ``overwrite_output_dir``. The final model is written beside the checkpoints through a staging
-    folder renamed into place (see ``bgekit.finetune.output``).
+    Resumes and saves as :func:`bgekit.finetune.entry.train_and_save` describes: from
+    ``training_args.resume_from_checkpoint`` when given, into a staging folder renamed into place.
 
     Example:
         >>> train(ModelArguments("BAAI/bge-small-en-v1.5"), DataArguments(["t.jsonl"]),
         ...       EmbedderTrainingArguments("out", num_train_epochs=1))   # doctest: +SKIP
     """
-    from bgekit.finetune.output import prepare_output_dir, save_staged
 
-    resume = prepare_output_dir(training_args)
-    trainer = build_trainer(model_args, data_args, training_args)
-    trainer.train(resume_from_checkpoint=resume)
-
-    def write_final(folder: str) -> None:
+    def write_final(trainer: EmbedderTrainer, folder: str) -> None:
         if model_args.use_lora:
             save_lora(trainer, model_args, folder)
         else:
             trainer.save_model(folder)
-        if trainer.is_world_process_zero():
-            trainer.state.save_to_json(os.path.join(folder, "trainer_state.json"))
 
-    save_staged(trainer, write_final)
-    return trainer
+    return entry.train_and_save(
+        training_args, lambda: build_trainer(model_args, data_args, training_args), write_final
+    )
 
 
 def save_lora(trainer: EmbedderTrainer, model_args: ModelArguments, out: str | None = None) -> None:
@@ -312,26 +305,11 @@ def parse_args(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, EmbedderTrainingArguments]:
     """Parse command-line arguments (ours plus every ``TrainingArguments`` option)."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((ModelArguments, DataArguments, EmbedderTrainingArguments))  # type: ignore[arg-type]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return model_args, data_args, training_args
+    return entry.parse_args((ModelArguments, DataArguments, EmbedderTrainingArguments), argv)  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if int(os.environ.get("LOCAL_RANK", "0")) <= 0 else logging.WARNING,
-    )
-    from bgekit.errors import BgekitError
-
-    try:
-        train(*parse_args(argv))
-    except BgekitError as exc:
-        print(f"bgekit finetune embedder: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return entry.main("embedder", parse_args, train, argv)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ import random
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from bgekit.engine import BatchEngine, pad_sequences, tokenize_texts
-from bgekit.inference.heads import pool
+from bgekit.engine import BatchEngine, tokenize_texts
+from bgekit.inference.embedder import DEFAULT_MAX_TOKENS_PER_BATCH, run_encode_step
+from bgekit.inference.heads import DenseOptions
 from bgekit.inference.inputs import apply_instruction, corpus_item_text
 
 logger = logging.getLogger(__name__)
@@ -36,25 +35,22 @@ class TrainingModelEncoder:
     def _encode(self, texts: list[str], max_length: int) -> np.ndarray:
         device = next(self.model.parameters()).device
         features = tokenize_texts(self.tokenizer, texts, max_length)
-        pad_id = int(self.tokenizer.pad_token_id)
-
-        def step(indices: list[int]) -> torch.Tensor:
-            batch = pad_sequences(
-                [features[i] for i in indices], pad_id, padding_side=self.tokenizer.padding_side
-            )
-            batch = {k: v.to(device) for k, v in batch.items()}
-            hidden = self.model(**batch, return_dict=True).last_hidden_state
-            vectors = pool(hidden, batch["attention_mask"], self.settings.pooling).float()
-            return (F.normalize(vectors, dim=-1) if self.settings.normalize else vectors).cpu()
-
+        # the settings' pooling and normalisation; no Matryoshka cut, as the loss sees full vectors
+        dense = DenseOptions(
+            pooling=self.settings.pooling,
+            truncate_dim=None,
+            normalize=self.settings.normalize,
+            colbert_dim=None,
+            colbert_normalize=False,
+        )
+        engine = BatchEngine(
+            batch_size=self.batch_size, max_tokens_per_batch=DEFAULT_MAX_TOKENS_PER_BATCH, show_progress=False
+        )
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
-                engine = BatchEngine(
-                    batch_size=self.batch_size, max_tokens_per_batch=16384, show_progress=False
-                )
-                return np.asarray(engine.run([len(f["input_ids"]) for f in features], step).numpy())
+            outputs = run_encode_step(engine, self.model, self.tokenizer, features, dense, device)
+            return np.asarray(outputs.numpy())
         finally:
             self.model.train(was_training)
 

@@ -52,6 +52,37 @@ _SETTING_ARGS = tuple(f for f in EmbedderSettings.field_names() if f not in ("ex
 _RUNTIME_ARGS = (*RUNTIME_ARGS, "dtype", "adapter")
 
 
+def run_encode_step(
+    engine: BatchEngine,
+    model: Any,
+    tokenizer: Any,
+    features: Sequence[dict[str, list[int]]],
+    dense: DenseOptions,
+    device: torch.device | str,
+    *,
+    heads: tuple[bool, bool, bool] | None = None,
+    m3_heads: M3Heads | None = None,
+    unused_ids: torch.Tensor | None = None,
+) -> Any:
+    """The embedder's encode step run by ``engine`` over tokenized ``features``: each batch padded on the
+    tokenizer's side, given the arguments ``model``'s forward takes, and turned into vectors by the heads.
+
+    ``Embedder.encode_features`` and the encoder used for evaluation during training
+    (``bgekit.finetune.evaluation``) both run it, so a model in training encodes as it will at inference.
+    Returns the engine's outputs in input order (a tensor, or for ``heads`` a dict of per-head outputs).
+    """
+    pad_id = int(tokenizer.pad_token_id)
+    side = tokenizer.padding_side
+    accepted = forward_arguments(model)
+
+    def step(indices: list[int]) -> Any:
+        batch = pad_sequences([features[i] for i in indices], pad_id, padding_side=side)
+        batch = {k: v.to(device) for k, v in batch.items() if accepted is None or k in accepted}
+        return embed_batch(model, batch, heads, dense, m3_heads, unused_ids)
+
+    return engine.run([len(f["input_ids"]) for f in features], step)
+
+
 class Embedder(M3Methods, DeviceModel):
     """Turn queries and passages into embeddings with a BGE-style (or any Hugging Face) model.
 
@@ -366,11 +397,7 @@ class Embedder(M3Methods, DeviceModel):
                 f"the text(s) at position(s) {empty[:10]} tokenize to no tokens at all (an empty text, with "
                 "a tokenizer that adds no special tokens): give them content or leave them out"
             )
-        model = self._load_model()
-        pad_id = int(self.tokenizer.pad_token_id)
-        side = self.tokenizer.padding_side
         settings = self.settings
-        accepted = forward_arguments(model)
         dense = DenseOptions(
             pooling=settings.pooling,
             truncate_dim=settings.truncate_dim,
@@ -378,12 +405,6 @@ class Embedder(M3Methods, DeviceModel):
             colbert_dim=settings.colbert_dim,
             colbert_normalize=settings.normalize,
         )
-
-        def step(indices: list[int]) -> Any:
-            batch = pad_sequences([features[i] for i in indices], pad_id, padding_side=side)
-            batch = {k: v.to(self.device) for k, v in batch.items() if accepted is None or k in accepted}
-            return embed_batch(model, batch, heads, dense, self.m3_heads, self._unused_ids)
-
         engine = BatchEngine(
             batch_size=self.call_batch_size(batch_size),
             max_tokens_per_batch=self.max_tokens_per_batch,
@@ -392,7 +413,17 @@ class Embedder(M3Methods, DeviceModel):
             position_offset=position_offset,
             overhead_tokens=batch_overhead_tokens(self.device),
         )
-        outputs = engine.run([len(f["input_ids"]) for f in features], step)
+        outputs = run_encode_step(
+            engine,
+            self._load_model(),
+            self.tokenizer,
+            features,
+            dense,
+            self.device,
+            heads=heads,
+            m3_heads=self.m3_heads,
+            unused_ids=self._unused_ids,
+        )
         if heads is None:
             return outputs.numpy()
         return {
