@@ -26,7 +26,7 @@ from bgekit.finetune.data import (
     load_sources,
     no_in_batch_neg_sources,
 )
-from bgekit.finetune.trainer import EmbedderTrainer, M3EmbedderTrainer, M3TrainingModel
+from bgekit.finetune.trainer import EmbedderTrainer, M3EmbedderTrainer, M3TrainingModel, apply_lora
 
 logger = logging.getLogger(__name__)
 
@@ -72,29 +72,6 @@ def resolve_settings(model_args: ModelArguments, data_args: DataArguments) -> tu
         )
 
     return folder, settings
-
-
-def apply_lora(model: Any, model_args: ModelArguments) -> Any:
-    """Wrap ``model`` with LoRA adapters (peft) on ``model_args.target_modules``."""
-    try:
-        from peft import LoraConfig, TaskType, get_peft_model
-    except ImportError as exc:
-        raise ConfigError("--use_lora needs peft: pip install 'bgekit[train]' (or pip install peft)") from exc
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [m for m in model_args.target_modules if m in present]
-    if not targets:
-        raise ConfigError(
-            f"--target_modules {model_args.target_modules} match no module of this model; "
-            f"its linear layers include {sorted(n for n in present if 'proj' in n or 'dense' in n)[:12]}"
-        )
-    config = LoraConfig(
-        r=model_args.lora_rank,
-        lora_alpha=model_args.lora_alpha,  # type: ignore[arg-type]
-        lora_dropout=model_args.lora_dropout,
-        target_modules=targets,
-        task_type=TaskType.FEATURE_EXTRACTION,
-    )
-    return get_peft_model(model, config)
 
 
 def m3_model(
@@ -171,7 +148,7 @@ def build_trainer(
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False
     if model_args.use_lora:
-        model = apply_lora(model, model_args)
+        model = apply_lora(model, model_args, "FEATURE_EXTRACTION")
     if training_args.fix_position_embedding:
         for name, param in model.named_parameters():
             if "position_embeddings" in name:
@@ -288,17 +265,11 @@ def save_lora(trainer: EmbedderTrainer, model_args: ModelArguments, out: str | N
     loads with ``bgekit.Embedder(base_model, adapter=output_dir + "/lora_adapter")``. ``out`` replaces
     ``output_dir`` (the final save writes into a staging folder).
     """
-    from bgekit.models.settings import write_saved_settings
 
     out = str(trainer.args.output_dir) if out is None else out
     trainer.save_model(os.path.join(out, "lora_adapter"))
     if model_args.save_merged_lora_model and trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        merged = model.merge_and_unload()
-        merged.save_pretrained(out, safe_serialization=True)
-        if trainer.processing_class is not None:
-            trainer.processing_class.save_pretrained(out)
-        write_saved_settings(out, "embedder", trainer.saved_settings)
+        entry.save_merged_lora(trainer, out, "embedder")
 
 
 def parse_args(

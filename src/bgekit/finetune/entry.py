@@ -56,6 +56,19 @@ def train_and_save(
     return trainer
 
 
+def save_merged_lora(trainer: Any, folder: str, section: str) -> None:
+    """Merge the trained LoRA adapters into the base weights and save them, the tokenizer and the
+    ``section`` settings of ``bgekit.json`` to ``folder`` (call it on the first process only)."""
+    from bgekit.models.settings import write_saved_settings
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(folder, safe_serialization=True)
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(folder)
+    write_saved_settings(folder, section, trainer.saved_settings)
+
+
 def main(
     name: str,
     parse: Callable[[list[str] | None], tuple[Any, ...]],

@@ -39,6 +39,7 @@ from bgekit.finetune.reranker_arguments import (
 )
 from bgekit.finetune.reranker_data import PairCollator, PairGroup, PairGroupDataset, PairSettings
 from bgekit.finetune.reranker_trainer import RerankerTrainer, group_ranking_metrics
+from bgekit.finetune.trainer import apply_lora
 from bgekit.inference.rerank_inputs import CrossEncoderInputs
 from bgekit.models import reranker_registry
 
@@ -129,25 +130,7 @@ def load_model(
     if model_args.use_lora:
         if kind == "cross-encoder":
             raise ConfigError("--use_lora is for LLM rerankers; cross-encoders are trained fully")
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as exc:
-            raise ConfigError("--use_lora needs the peft package: pip install 'bgekit[train]'") from exc
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        targets = [t for t in model_args.target_modules if t in present]
-        if not targets:
-            raise ConfigError(
-                f"--target_modules {model_args.target_modules} matches no module of {type(model).__name__}; "
-                f"its linear layers include {sorted(n for n in present if 'proj' in n)[:12]}"
-            )
-        lora = LoraConfig(
-            r=model_args.lora_rank,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            target_modules=targets,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = apply_lora(model, model_args, "CAUSAL_LM")
         if training_args.gradient_checkpointing:
             model.enable_input_require_grads()
     model.train()
@@ -293,15 +276,7 @@ def save_final(
         return
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        from bgekit.models.settings import write_saved_settings
-
-        merged_dir = os.path.join(output_dir, "merged_model")
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        merged = model.merge_and_unload()
-        merged.save_pretrained(merged_dir, safe_serialization=True)
-        if trainer.processing_class is not None:
-            trainer.processing_class.save_pretrained(merged_dir)
-        write_saved_settings(merged_dir, "reranker", trainer.saved_settings)
+        entry.save_merged_lora(trainer, os.path.join(output_dir, "merged_model"), "reranker")
 
 
 def train(
@@ -309,10 +284,8 @@ def train(
     data_args: RerankerDataArguments,
     training_args: RerankerTrainingArguments,
 ) -> RerankerTrainer:
-    """Fine-tune and save to ``training_args.output_dir`` (loadable with ``bgekit.Reranker``).
-
-    Resumes and saves as :func:`bgekit.finetune.entry.train_and_save` describes: from
-    ``training_args.resume_from_checkpoint`` when given, into a staging folder renamed into place.
+    """Fine-tune the reranker and save it to ``training_args.output_dir``, from where ``bgekit.Reranker``
+    loads it; resuming and the staged save are :func:`bgekit.finetune.entry.train_and_save`'s.
 
     Example:
         >>> train(RerankerModelArguments("model/"), RerankerDataArguments(["t.jsonl"]),

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 
+from bgekit.errors import ConfigError
 from bgekit.finetune import losses
 from bgekit.finetune.data import GroupDataset, SameDatasetBatchSampler
 from bgekit.finetune.gradcache import grad_cache_step
@@ -328,3 +329,34 @@ class M3EmbedderTrainer(EmbedderTrainer):
             raise ModelLoadError(f"{weights} lacks weights {missing[:5]}; is it a checkpoint of this model?")
         hidden = int(target.backbone.config.hidden_size)
         target.heads.load_state_dict(M3Heads.from_folder(resume_from_checkpoint, hidden).state_dict())
+
+
+def apply_lora(model: Any, model_args: Any, task_type: str) -> Any:
+    """Wrap ``model`` with LoRA adapters (peft) on ``model_args.target_modules`` (those the model has).
+
+    Both fine-tuning entry points use it: embedders with ``"FEATURE_EXTRACTION"``, LLM rerankers with
+    ``"CAUSAL_LM"``. ``model_args`` carries ``lora_rank``, ``lora_alpha``, ``lora_dropout`` and
+    ``target_modules``.
+
+    Raises:
+        ConfigError: peft is not installed, or no target module is in the model (its own are listed).
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise ConfigError("--use_lora needs peft: pip install 'bgekit[train]' (or pip install peft)") from exc
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in model_args.target_modules if m in present]
+    if not targets:
+        raise ConfigError(
+            f"--target_modules {model_args.target_modules} match no module of {type(model).__name__}; "
+            f"its linear layers include {sorted(n for n in present if 'proj' in n or 'dense' in n)[:12]}"
+        )
+    config = LoraConfig(
+        r=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha,  # type: ignore[arg-type]
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+    )
+    return get_peft_model(model, config)
