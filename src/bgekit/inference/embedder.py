@@ -252,7 +252,9 @@ class Embedder(M3Methods, DeviceModel):
         if max_length:
             return int(max_length)
         settings = self.settings
-        return int(settings.query_max_length if kind == "query" else settings.passage_max_length)
+        limit = settings.query_max_length if kind == "query" else settings.passage_max_length
+        assert limit is not None  # filled by __init__
+        return int(limit)
 
     def _prepare_call(
         self, texts: list[str], kind: Literal["query", "passage", "text"], kwargs: dict[str, Any]

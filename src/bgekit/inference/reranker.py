@@ -302,8 +302,8 @@ class Reranker(DeviceModel):
         """This call's options: the caller's, else the reranker's settings (the one place they meet)."""
         s = self.settings
         given = {k: v for k, v in kwargs.items() if v is not None}
-        max_length = given.pop("max_length", None) or s.max_length
-        query_max_length = given.pop("query_max_length", None) or s.query_max_length
+        max_length: Any = given.pop("max_length", None) or s.max_length
+        query_max_length: Any = given.pop("query_max_length", None) or s.query_max_length
         cutoff_layers = given.pop("cutoff_layers", None) or s.cutoff_layers
         if isinstance(cutoff_layers, int) and not isinstance(cutoff_layers, bool):
             cutoff_layers = [cutoff_layers]
@@ -354,8 +354,8 @@ class Reranker(DeviceModel):
         cutoff = options.cutoff_layers
         if kind == "llm" and cutoff is not None:
             kind = "layerwise"  # cutoff_layers for this call: score from those layers
-        if kind == "layerwise" and cutoff is None:
-            cutoff = [self.n_layers]
+        # layer-wise with no layers named: the deepest one
+        layers: list[int] = [self.n_layers] if cutoff is None else cutoff
         if kind == "layerwise" and not forward_accepts(model, "cutoff_layers"):
             decoder_parts(model)  # a clear error now rather than inside the first batch
 
@@ -371,10 +371,10 @@ class Reranker(DeviceModel):
                     assert yes_id is not None
                     scores = llm_scores(model, batch, yes_id)[:, None]
                 elif kind == "layerwise" and forward_accepts(model, "cutoff_layers"):
-                    scores = layerwise_remote_scores(model, batch, cutoff)
+                    scores = layerwise_remote_scores(model, batch, layers)
                 elif kind == "layerwise":
                     assert yes_id is not None
-                    scores = layerwise_generic_scores(model, batch, yes_id, cutoff)
+                    scores = layerwise_generic_scores(model, batch, yes_id, layers)
                 else:
                     scores = lightweight_scores(
                         model,
