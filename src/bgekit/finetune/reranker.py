@@ -86,14 +86,11 @@ def resolve_kind(
 ) -> Literal["cross-encoder", "llm", "layerwise"]:
     """The kind to train: as asked, else from the architecture (a causal LM is ``llm``, or ``layerwise``
     with ``--cutoff_layers``; anything else is a cross-encoder)."""
-    from bgekit.inference.reranker_settings import detect_kind
+    from bgekit.inference.reranker_settings import detect_kind, with_layers
 
     if model_args.model_type != "auto":
         return model_args.model_type
-    detected = detect_kind(config)
-    if detected == "llm":
-        return "layerwise" if model_args.cutoff_layers else "llm"
-    return "cross-encoder"
+    return with_layers(detect_kind(config), model_args.cutoff_layers)  # type: ignore[return-value]
 
 
 def load_model(

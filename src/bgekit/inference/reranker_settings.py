@@ -133,6 +133,16 @@ def detect_kind(config: Any) -> RerankerKind:
     return "cross-encoder"
 
 
+def with_layers(kind: RerankerKind, cutoff_layers: Any) -> RerankerKind:
+    """An LLM reranker scored (or trained) at chosen layers is a layer-wise one.
+
+    Example:
+        >>> with_layers("llm", [8]), with_layers("llm", None), with_layers("cross-encoder", [8])
+        ('layerwise', 'llm', 'cross-encoder')
+    """
+    return "layerwise" if kind == "llm" and cutoff_layers else kind
+
+
 def resolve_reranker_settings(
     name_or_path: str, folder: str, explicit: dict[str, Any], config: Any
 ) -> tuple[RerankerSettings, dict[str, str]]:
@@ -163,8 +173,7 @@ def resolve_reranker_settings(
     if merged.get("kind") is None:
         merged["kind"] = detect_kind(config)
         origin["kind"] = "model-config"
-    if merged["kind"] == "llm" and merged.get("cutoff_layers") is not None:
-        merged["kind"] = "layerwise"
+    merged["kind"] = with_layers(merged["kind"], merged.get("cutoff_layers"))
     if merged["kind"] in LLM_KINDS:
         # FlagEmbedding's LLM rerankers put "A: " / "B: " before query and passage
         for key, default in (("query_instruction", "A: "), ("passage_instruction", "B: ")):
