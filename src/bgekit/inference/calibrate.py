@@ -225,7 +225,7 @@ def calibrate_int8(
         kwargs.update(query_max_length=max_length, passage_max_length=max_length)
     fp32 = Embedder(folder, **kwargs)
     reference = np.asarray(fp32.encode_corpus(check))
-    length = int(max_length or fp32.settings.passage_max_length or fp32.max_length_limit)
+    length = fp32.token_limit("passage", max_length)
     del fp32
 
     parent = os.path.dirname(os.path.abspath(out))
