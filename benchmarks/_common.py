@@ -57,7 +57,10 @@ def ensure_venv(name: str, requirements: list[str], probe: str) -> Path:
     python = folder / "bin" / "python"
     if (
         python.exists()
-        and subprocess.run([str(python), "-c", f"import {probe}"], check=False).returncode == 0
+        and subprocess.run(
+            [str(python), "-c", f"import {probe}"], capture_output=True, check=False
+        ).returncode
+        == 0
     ):
         return python
     print(f"installing {' '.join(requirements)} into {folder} ...", file=sys.stderr, flush=True)
@@ -70,6 +73,13 @@ def ensure_venv(name: str, requirements: list[str], probe: str) -> Path:
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise PeerInstallError(f"could not build {folder} ({' '.join(requirements)}): {' / '.join(tail)}")
+    # a torchvision wheel built for CUDA torch fails to register its ops beside the CPU torch wheel, and
+    # transformers then fails to import any model; the peers need no torchvision
+    broken = subprocess.run([str(python), "-c", "import torchvision"], capture_output=True, check=False)
+    if broken.returncode != 0 and b"ModuleNotFoundError" not in broken.stderr:
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
+    if subprocess.run([str(python), "-c", f"import {probe}"], check=False).returncode != 0:
+        raise PeerInstallError(f"{folder} was built but 'import {probe}' fails there")
     return python
 
 

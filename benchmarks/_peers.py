@@ -23,9 +23,17 @@ from _common import REPO
 # family -> (requirements, module that proves the install), torch pinned to ours so no CUDA wheel is pulled
 VENVS: dict[str, tuple[list[str], str]] = {
     "st-onnx": (["torch==2.13.0", "sentence-transformers[onnx]==5.7.0"], "optimum.onnxruntime"),
+    # optimum-intel pinned: left free, the resolver falls back to a release that imports openvino.runtime,
+    # which openvino 2026 no longer has
     "st-openvino": (
-        ["torch==2.13.0", "sentence-transformers[openvino]==5.7.0", "nncf", "datasets"],
-        "optimum.intel",
+        [
+            "torch==2.13.0",
+            "sentence-transformers[openvino]==5.7.0",
+            "optimum-intel[openvino]==2.2.0",
+            "nncf",
+            "datasets",
+        ],
+        "optimum.intel.openvino",
     ),
     "fastembed": (["fastembed==0.9.1"], "fastembed"),
 }
