@@ -274,3 +274,19 @@ def test_two_cpu_workers_match_one_process(
             pooled.compute_score([pairs[0], ("q",)])
         ranked = pooled.rank(pairs[0][0], [p for _, p in pairs[:10]], top_k=3)
         assert len(ranked) == 3
+
+
+@pytest.mark.parametrize("fixture", ["bert_reranker_dir", "llama_reranker_dir"])
+def test_tokenized_pairs_score_as_compute_score(request: pytest.FixtureRequest, fixture: str) -> None:
+    """The pair protocol a server uses (tokenize off the model's thread, score many requests' pairs in one
+    run) gives compute_score's numbers, raw and normalised, for pairs tokenized in separate calls."""
+    reranker = Reranker(request.getfixturevalue(fixture), device="cpu")
+    tokenized = reranker.tokenize_pairs(PAIRS[:1]) + reranker.tokenize_pairs(PAIRS[1:])
+    assert len(tokenized) == 3 and all(p.feature["input_ids"] for p in tokenized)
+    raw = reranker.score_tokenized(tokenized, normalize=False)
+    np.testing.assert_allclose(raw, reranker.compute_score(PAIRS, normalize=False), atol=1e-5)
+    normalised = reranker.score_tokenized(tokenized, normalize=True)
+    np.testing.assert_allclose(normalised, reranker.compute_score(PAIRS, normalize=True), atol=1e-6)
+    assert reranker.score_tokenized([]).shape == (0,)
+    with pytest.raises(InputError, match=r"sentence_pairs\[1\]"):
+        reranker.tokenize_pairs([PAIRS[0], ("only one",)])

@@ -9,6 +9,7 @@ code), all through the one batching engine and device pool the embedders use.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,15 @@ DEFAULT_MAX_TOKENS_PER_BATCH = 32768  # on GPUs; CPUs use engine.CPU_MAX_TOKENS_
 
 _SETTING_ARGS = tuple(RerankerSettings.field_names())
 _RUNTIME_ARGS = (*RUNTIME_ARGS, "peft_path")
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """One (query, passage) pair as :meth:`Reranker.tokenize_pairs` prepares it for the model."""
+
+    feature: dict[str, list[int]]
+    query_length: int
+    prompt_length: int
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -335,21 +345,62 @@ class Reranker(DeviceModel):
             return reranker_registry.LIGHTWEIGHT_PROMPT
         return reranker_registry.LLM_PROMPT
 
+    # ------------------------------------------------- the pair protocol a server batches requests with
+    def tokenize_pairs(self, sentence_pairs: Any) -> list[TokenizedPair]:
+        """Token features of (query, passage) pairs with this reranker's settings: the part of
+        ``compute_score`` that needs no model. A server runs it off the model's thread and scores many
+        requests' pairs in one :meth:`score_tokenized` call.
+
+        Example:
+            >>> pairs = reranker.tokenize_pairs([("what is a panda?", "A bear.")])   # doctest: +SKIP
+            >>> reranker.score_tokenized(pairs)   # doctest: +SKIP
+            array([3.1])
+        """
+        pairs, _ = as_pair_list(sentence_pairs, "sentence_pairs")
+        features, query_lengths, prompt_length = self._pair_features(
+            self._apply_instructions(pairs), self._call_options({})
+        )
+        return [
+            TokenizedPair(feature, query_lengths[i] if query_lengths else 0, prompt_length)
+            for i, feature in enumerate(features)
+        ]
+
+    def score_tokenized(self, pairs: list[TokenizedPair], *, normalize: bool | None = None) -> np.ndarray:
+        """Scores of :meth:`tokenize_pairs` output on this process's device, float64 (n,): the last
+        cutoff layer's where there are several; a sigmoid when ``normalize`` (default: the settings)."""
+        options = self._call_options({} if normalize is None else {"normalize": normalize})
+        if not pairs:
+            return np.zeros(0)
+        logits = self._score_features(
+            [p.feature for p in pairs], [p.query_length for p in pairs], pairs[0].prompt_length, options
+        )[:, -1]
+        return sigmoid(logits) if options.normalize else logits.astype(np.float64)
+
+    def _pair_features(
+        self, pairs: list[tuple[str, str]], options: RerankOptions
+    ) -> tuple[list[dict[str, list[int]]], list[int], int]:
+        """Token features of instruction-formatted pairs, the query lengths and the prompt's length (both
+        for the lightweight kind's compression; empty and 0 for a cross-encoder)."""
+        max_length, query_max_length = options.max_length, options.query_max_length
+        if self._cross_inputs is not None:
+            return self._cross_inputs.features(pairs, max_length, query_max_length), [], 0
+        assert self._prompt_inputs is not None
+        prompt = options.prompt or self._default_prompt()
+        return self._prompt_inputs.features(pairs, max_length, query_max_length, prompt)
+
     def _score_local(self, pairs: list[tuple[str, str]], options: RerankOptions) -> np.ndarray:
         """Raw scores (logits) of instruction-formatted pairs on this process's device: (n, n_outputs)."""
+        return self._score_features(*self._pair_features(pairs, options), options)
+
+    def _score_features(
+        self,
+        features: list[dict[str, list[int]]],
+        query_lengths: list[int],
+        prompt_length: int,
+        options: RerankOptions,
+    ) -> np.ndarray:
         model = self._load_model()
-        max_length, query_max_length = options.max_length, options.query_max_length
         pad_id = int(self.tokenizer.pad_token_id)
-        query_lengths: list[int] = []
-        prompt_length = 0
-        if self._cross_inputs is not None:
-            features = self._cross_inputs.features(pairs, max_length, query_max_length)
-        else:
-            assert self._prompt_inputs is not None
-            prompt = options.prompt or self._default_prompt()
-            features, query_lengths, prompt_length = self._prompt_inputs.features(
-                pairs, max_length, query_max_length, prompt
-            )
         kind, yes_id = self.kind, self.yes_token_id
         cutoff = options.cutoff_layers
         if kind == "llm" and cutoff is not None:

@@ -153,9 +153,12 @@ def create_app(
             return list(out["lexical_weights"])
         return list(out["colbert_vecs"])
 
-    def run_rerank(key: Any, pairs: list[tuple[str, str]]) -> list[float]:
-        kwargs = {"normalize": False} if _takes_normalize(reranker) else {}
-        scores = reranker.compute_score(pairs, **kwargs)
+    pair_protocol = _takes_normalize(reranker)  # a Reranker: pairs tokenized off the model's thread
+
+    def run_rerank(key: Any, pairs: list[Any]) -> list[float]:
+        if pair_protocol:  # TokenizedPair items from many requests, one engine run
+            return reranker.score_tokenized(pairs, normalize=False).tolist()
+        scores = reranker.compute_score(pairs)  # another scorer (M3's): raw (query, text) pairs
         if scores and isinstance(scores[0], list):  # several cutoff layers: the last one scores
             scores = scores[-1]
         return [float(s) for s in scores]
@@ -193,13 +196,18 @@ def create_app(
     elif embedder is not None:
         warmup_features = embedder.tokenize(["ready"], 8)
 
+    if reranker is not None:
+        warmup_pairs = (
+            reranker.tokenize_pairs([("ready", "ready")]) if pair_protocol else [("ready", "ready")]
+        )
+
     def warmup() -> None:
         if item_protocol:
             embedder.encode_tokenized(warmup_items, [None], normalize=False)
         elif embedder is not None:
             embedder.encode_features(warmup_features, None, normalize=False)
         if reranker is not None:
-            run_rerank(("rerank",), [("ready", "ready")])
+            run_rerank(("rerank",), warmup_pairs)
 
     runners: dict[str, Any] = {"embed": run_embed, "rerank": run_rerank, "search": run_search}
     if multimodal:
@@ -669,9 +677,26 @@ def create_app(
             check_texts(texts, field)
             if not texts:
                 return np.zeros(0)
-            tokens = sum(len(query) + len(t) for t in texts) // 4 + len(texts)  # no tokenizer here
-            raw = await submit(request, ("rerank",), [(query, t) for t in texts], tokens)
+            pairs = [(query, t) for t in texts]
+            if not pair_protocol:
+                tokens = sum(len(query) + len(t) for t in texts) // 4 + len(texts)  # no tokenizer here
+                return np.asarray(await submit(request, ("rerank",), pairs, tokens), dtype=np.float64)
+            worker.expect()  # as for embeddings: the worker holds its next group open for these pairs
+            try:
+                loop = asyncio.get_running_loop()
+                tokenized = await loop.run_in_executor(tokenizer_thread, tokenize_pairs, pairs)
+            except BaseException:
+                worker.unexpect()
+                raise
+            tokens = sum(len(p.feature["input_ids"]) for p in tokenized)
+            raw = await submit(request, ("rerank",), tokenized, tokens, expected=True)
             return np.asarray(raw, dtype=np.float64)
+
+        def tokenize_pairs(pairs: list[tuple[str, str]]) -> list[Any]:
+            started = time.perf_counter()
+            tokenized = reranker.tokenize_pairs(pairs)
+            metrics.tokenize_seconds.observe(time.perf_counter() - started)
+            return tokenized
 
         def normalized(scores: np.ndarray) -> np.ndarray:
             # a cross-encoder's logits go through a sigmoid; a scorer without logits (M3) is left as it is
