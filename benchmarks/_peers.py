@@ -42,6 +42,7 @@ ENCODE_PEERS = {
     "st-onnx-fp32": "st-onnx",
     "st-onnx-int8": "st-onnx",
     "st-openvino-fp32": "st-openvino",
+    "st-openvino-default": "st-openvino",
     "st-openvino-int8-static": "st-openvino",
     "fastembed-onnx-fp32": "fastembed",
 }
@@ -99,8 +100,13 @@ def _onnx_session_kwargs(threads: int) -> dict[str, Any]:
     return {"provider": "CPUExecutionProvider", "session_options": options}
 
 
-def _ov_kwargs(threads: int) -> dict[str, Any]:
-    return {"ov_config": {"INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""}}
+def _ov_kwargs(threads: int, path: str) -> dict[str, Any]:
+    """OpenVINO's session config. Left alone, OpenVINO runs "fp32" graphs in bf16 on CPUs with AMX or
+    AVX512-BF16; the ``-fp32`` paths ask for f32, the ``-default`` path keeps OpenVINO's own choice."""
+    config = {"INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""}
+    if path.endswith("-fp32"):
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return {"ov_config": config}
 
 
 def prepare(path: str, model: str, calibration: list[str], cross_encoder: bool = False) -> None:
@@ -160,7 +166,7 @@ def load_encoder(path: str, model: str, threads: int, max_length: int) -> Any:
     from sentence_transformers import SentenceTransformer
 
     folder = model_copy(family, model)
-    kwargs = _onnx_session_kwargs(threads) if family == "st-onnx" else _ov_kwargs(threads)
+    kwargs = _onnx_session_kwargs(threads) if family == "st-onnx" else _ov_kwargs(threads, path)
     if path == "st-onnx-int8":
         kwargs["file_name"] = f"model_qint8_{onnx_quantization_config()}.onnx"
     if path == "st-openvino-int8-static":
@@ -205,7 +211,7 @@ def load_cross_encoder(path: str, model: str, threads: int, max_length: int) -> 
 
     family = RERANK_PEERS[path]
     folder = model_copy(family, model)
-    kwargs = _onnx_session_kwargs(threads) if family == "st-onnx" else _ov_kwargs(threads)
+    kwargs = _onnx_session_kwargs(threads) if family == "st-onnx" else _ov_kwargs(threads, path)
     if path == "st-ce-onnx-int8":
         kwargs["file_name"] = f"model_qint8_{onnx_quantization_config()}.onnx"
     backend = "onnx" if family == "st-onnx" else "openvino"

@@ -9,7 +9,8 @@ search when encoding documents).
 Peers' fast paths run beside them, each from its own virtual environment under .bench/ (built on first use;
 one that cannot be installed is skipped with a line saying why): sentence-transformers ``backend="onnx"``
 fp32 and its dynamic int8 graph (``export_dynamic_quantized_onnx_model``, config picked from this CPU's
-flags), ``backend="openvino"`` fp32 and OpenVINO static int8 (ST's ``export_static_quantized_openvino_model``
+flags), ``backend="openvino"`` fp32 (precision hint f32), with OpenVINO's default precision (``-default``: bf16 on
+CPUs with AMX or AVX512-BF16) and OpenVINO static int8 (ST's ``export_static_quantized_openvino_model``
 with its calibration set replaced by local SciFact texts that are not timed), and FastEmbed on the graph
 sentence-transformers exported. bgekit's ``bgekit-onnx-int8-static`` is calibrated on the same texts. Each
 path is shown against sentence-transformers fp32 and against the fastest peer path of the run.
