@@ -17,6 +17,7 @@ from bgekit.engine import BatchEngine, tokenize_texts
 from bgekit.inference.embedder import DEFAULT_MAX_TOKENS_PER_BATCH, run_encode_step
 from bgekit.inference.heads import DenseOptions
 from bgekit.inference.inputs import apply_instruction, corpus_item_text
+from bgekit.models.loading import model_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ class TrainingModelEncoder:
 
     def __init__(self, model: Any, tokenizer: Any, settings: Any, batch_size: int = 64) -> None:
         self.model, self.tokenizer, self.settings, self.batch_size = model, tokenizer, settings, batch_size
+
+    def _limit(self, configured: int | None) -> int:
+        """The Embedder's rule: the saved setting, else the model's own limit (``model_max_length``)."""
+        if configured:
+            return int(configured)
+        return model_max_length("", getattr(self.model, "config", None), self.tokenizer)
 
     def _encode(self, texts: list[str], max_length: int) -> np.ndarray:
         device = next(self.model.parameters()).device
@@ -57,13 +64,13 @@ class TrainingModelEncoder:
     def encode_queries(self, queries: list[str], **kwargs: Any) -> np.ndarray:
         s = self.settings
         texts = apply_instruction(list(queries), s.query_instruction, s.query_instruction_format)
-        return self._encode(texts, s.query_max_length or 512)
+        return self._encode(texts, self._limit(s.query_max_length))
 
     def encode_corpus(self, corpus: list[Any], **kwargs: Any) -> np.ndarray:
         s = self.settings
         texts = [corpus_item_text(item, i) for i, item in enumerate(corpus)]
         texts = apply_instruction(texts, s.passage_instruction, s.passage_instruction_format)
-        return self._encode(texts, s.passage_max_length or 512)
+        return self._encode(texts, self._limit(s.passage_max_length))
 
 
 class RetrievalEvalCallback(TrainerCallback):
