@@ -240,6 +240,15 @@ def main() -> None:
     )
     minute_marks = [m for t, m in memory if int(t) % 60 < 5]  # one sample a minute
     print("resident memory by minute (MiB): " + " ".join(f"{m:,.0f}" for m in minute_marks))
+    # a sample taken during a forward pass holds that batch's activations (hundreds of MiB for 32 documents
+    # of 512 tokens); each minute's lowest sample is the floor between passes, where a leak would show
+    by_minute: dict[int, list[float]] = {}
+    for t, m in memory:
+        by_minute.setdefault(int(t // 60), []).append(m)
+    print(
+        "lowest / highest sample each minute (MiB): "
+        + " ".join(f"{min(v):,.0f}/{max(v):,.0f}" for _, v in sorted(by_minute.items()))
+    )
     for failure in failures[:20]:
         print("FAIL", failure)
     ok = not failures and not five_xx and highest <= 1.10 * settled
