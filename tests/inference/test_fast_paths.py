@@ -161,11 +161,14 @@ def test_superseded_graphs_are_removed(tmp_path: Path, tiny_bert_dir: str) -> No
     cache.mkdir()
     older_format = cache / "feature-extraction-0123456789abcdef-fp32.onnx"
     other_precision = cache / "feature-extraction-0123456789abcdef-int8.onnx"
+    older_version = cache / "feature-extraction-fedcba9876543210-fp32-v1.onnx"
     other_task = cache / "sequence-classification-0123456789abcdef-fp32.onnx"
-    for stale in (older_format, other_precision, other_task):
+    calibrated = cache / "feature-extraction-0123456789abcdef-int8-static-v2.onnx"  # the user's, never a cache
+    for stale in (older_format, older_version, other_precision, other_task, calibrated):
         stale.write_bytes(b"not a graph")
     model = Embedder(str(folder), device="cpu", backend="onnx")
     assert model.encode_corpus(["one text"]).shape == (1, 32)
     graphs = sorted(p.name for p in cache.iterdir())
-    assert older_format.name not in graphs and other_precision.exists() and other_task.exists()
+    assert older_format.name not in graphs and older_version.name not in graphs
+    assert other_precision.exists() and other_task.exists() and calibrated.exists()
     assert len([g for g in graphs if g.startswith("feature-extraction") and "-fp32-" in g]) == 1

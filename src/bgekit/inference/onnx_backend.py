@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from types import SimpleNamespace
@@ -172,11 +173,11 @@ def _remove_superseded(folder: str, task: Task, suffix: str, keep: str) -> None:
     They belong to older weights (another fingerprint) or an older export format (another version) and
     would never be loaded again; for a model the size of BGE-M3 each one is 2 GB.
     """
+    # "<task>-<fingerprint>-<suffix>[-v<N>].onnx"; a calibrated "-int8-static-" graph is the user's, not a cache
+    pattern = re.compile(rf"{re.escape(task)}-[0-9a-f]+-{suffix}(-v\d+)?\.onnx")
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
-        # "-int8-" would also match a calibrated "-int8-static-" graph, which is the user's, not a cache
-        stale = name.startswith(f"{task}-") and name.endswith(".onnx") and f"-{suffix}-v" in name
-        if stale and path != keep:
+        if pattern.fullmatch(name) and path != keep:
             with contextlib.suppress(OSError):
                 os.remove(path)
 
