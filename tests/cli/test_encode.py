@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,20 @@ def test_binary_precision(tiny_bert_dir: str, tmp_path: Path) -> None:
     assert packed.dtype == np.uint8 and packed.shape == (2, 4)  # 32 dims -> 4 bytes
     floats = Embedder(tiny_bert_dir, device="cpu").encode_corpus(["one text", "another text"])
     np.testing.assert_array_equal(np.unpackbits(packed, axis=1).astype(bool), floats > 0)
+
+
+def test_backend_auto_reports_its_choice(
+    tiny_bert_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    src = tmp_path / "corpus.jsonl"
+    src.write_text('{"text": "Giant pandas are bears."}\n{"text": "BGE."}\n')
+    out = tmp_path / "emb.npy"
+    argv = ["encode", "--model", str(model), "--input", str(src), "--output", str(out), "--backend", "auto"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "backend auto: " in err and "texts/s" in err and "onnx/fp32" in err and "torch/fp32" in err
+    expected = Embedder(tiny_bert_dir, device="cpu").encode_corpus(["Giant pandas are bears.", "BGE."])
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)

@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--queries", action="store_true", help="encode as queries (query instruction)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "auto"],
+        default=None,
+        help="auto: measure PyTorch and ONNX Runtime (and bf16 with --dtype auto) once on this machine, "
+        "keep the fastest at full quality (cached)",
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")
@@ -85,10 +92,13 @@ def run(args: argparse.Namespace) -> int:
     model = Embedder(
         args.model,
         dtype=args.dtype,
+        backend=args.backend,
         batch_size=args.batch_size,
         devices=args.devices,
         show_progress=not args.no_progress,
     )
+    if model.auto_choice is not None:
+        print(f"backend auto: {model.auto_choice.reason}", file=sys.stderr)
     start = time.perf_counter()
     kwargs = {"max_length": args.max_length} if args.max_length else {}
     vectors = model.encode_queries(items, **kwargs) if args.queries else model.encode_corpus(items, **kwargs)

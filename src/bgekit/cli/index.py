@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--chunk-size", type=int, default=10_000, help="documents between checkpoints")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "auto"],
+        default=None,
+        help="auto: measure PyTorch and ONNX Runtime (and bf16 with --dtype auto) once on this machine, "
+        "keep the fastest at full quality (cached)",
+    )
     parser.add_argument("--quantization", choices=["int8"], default=None, help="int8 through ONNX Runtime")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     embedder = Embedder(
         args.model,
         dtype=args.dtype,
+        backend=args.backend,
         quantization=args.quantization,
         batch_size=args.batch_size,
         devices=args.devices,

@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "auto"],
+        default=None,
+        help="auto: measure PyTorch and ONNX Runtime (and bf16 with --dtype auto) once on this machine, "
+        "keep the fastest at full quality (cached)",
+    )
+    parser.add_argument(
         "--trust-remote-code", action="store_true", help="run code shipped with the checkpoints"
     )
     parser.add_argument("--served-model-name", default=None, help="the model name the API reports")
@@ -163,7 +170,7 @@ def build_app(args: argparse.Namespace) -> Any:
 
             embedder = MultimodalEmbedder(args.model, dtype=args.dtype)
         else:
-            embedder = Embedder(args.model, dtype=args.dtype, trust_remote_code=trust)
+            embedder = Embedder(args.model, dtype=args.dtype, backend=args.backend, trust_remote_code=trust)
     return create_app(index, embedder=embedder, reranker=second_stage(args, index), config=config)
 
 

@@ -19,6 +19,7 @@ import torch
 from bgekit.engine import DevicePool
 from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, ModelLoadError, reject_unknown_kwargs
+from bgekit.inference.autotune import AutoChoice
 from bgekit.inference.onnx_backend import Task
 from bgekit.inference.runtime import check_batch_size, resolve_runtime
 from bgekit.models.loading import load_pretrained, resolve_model_folder
@@ -94,6 +95,11 @@ class DeviceModel:
     def _init_runtime(self, kwargs: dict[str, Any], default_dtype: str, default_max_tokens: int) -> None:
         """Resolve devices, dtype, token budget, backend and quantisation (see ``runtime``)."""
         runtime = resolve_runtime(kwargs, default_dtype, default_max_tokens)
+        self.auto_choice: AutoChoice | None = None
+        if runtime.backend == "auto":
+            self.auto_choice = self._choose_auto(kwargs, default_dtype, runtime.device)
+            chosen = {**kwargs, "backend": self.auto_choice.backend, "dtype": self.auto_choice.dtype}
+            runtime = resolve_runtime(chosen, default_dtype, default_max_tokens)
         self.devices: list[str] = runtime.devices
         self.device: torch.device = runtime.device
         self.max_tokens_per_batch = runtime.max_tokens_per_batch
@@ -101,6 +107,44 @@ class DeviceModel:
         self.dtype, self.torch_dtype = runtime.dtype, runtime.torch_dtype
         self._requested_dtype = runtime.requested_dtype
         self.worker_timeout = runtime.worker_timeout
+
+    def _choose_auto(self, kwargs: dict[str, Any], default_dtype: str, device: torch.device) -> AutoChoice:
+        """Measure (or read from the cache) the fastest full-quality backend and dtype on ``device``."""
+        from bgekit.inference import autotune
+        from bgekit.models.loading import AUTO_BF16_MIN_SPEEDUP, cpu_bf16_speedup
+
+        requested = kwargs.get("dtype")
+        bf16_fast = requested == "auto" and cpu_bf16_speedup() >= AUTO_BF16_MIN_SPEEDUP
+        paths = autotune.candidates(default_dtype, requested, bf16_fast)
+        ignored = {"device", "devices", "backend", "dtype", "show_progress", "worker_timeout"}
+        base = {k: v for k, v in kwargs.items() if k not in ignored}
+        key = {
+            "class": self._tune_class().__name__,
+            "model": file_fingerprint(self.folder)[:16],
+            "arguments": {k: repr(v) for k, v in sorted(base.items())},
+        }
+
+        def build(backend: str, dtype: str) -> DeviceModel:
+            cls = self._tune_class()
+            return cls(
+                self.name_or_path,
+                **base,
+                device=str(device),
+                backend=backend,
+                dtype=dtype,
+                show_progress=False,
+            )
+
+        choice = autotune.choose(key, paths, build, lambda model, texts: model._tune_outputs(texts))
+        return choice
+
+    def _tune_class(self) -> type[DeviceModel]:
+        """The class ``backend="auto"`` builds its candidates with (compat subclasses take other arguments)."""
+        raise NotImplementedError
+
+    def _tune_outputs(self, texts: list[str]) -> Any:
+        """What ``backend="auto"`` times and compares: this model's outputs for ``texts`` as one array."""
+        raise NotImplementedError
 
     def _load_model(self) -> Any:
         """The model on this process's device, loaded once: the ONNX runner or the torch model."""

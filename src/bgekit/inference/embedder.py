@@ -169,6 +169,13 @@ class Embedder(M3Methods, DeviceModel):
             self._load_model()
 
     # ----------------------------------------------------------------------------------------- loading
+    def _tune_class(self) -> type[Embedder]:
+        return Embedder
+
+    def _tune_outputs(self, texts: list[str]) -> Any:
+        out = self.encode_corpus(texts)
+        return out["dense_vecs"] if isinstance(out, dict) else out
+
     def _check_onnx(self) -> None:
         if self.settings.kind in LLM_KINDS or self.adapter is not None:
             raise ConfigError(

@@ -165,6 +165,12 @@ class Reranker(DeviceModel):
                     f"max_position_embeddings={positions}); use max_length <= {positions - offset}"
                 )
 
+    def _tune_class(self) -> type[Reranker]:
+        return Reranker
+
+    def _tune_outputs(self, texts: list[str]) -> Any:
+        return np.asarray(self.compute_score([(texts[0], text) for text in texts]), dtype=np.float32)
+
     def _check_onnx(self) -> None:
         if self.kind != "cross-encoder":
             raise ConfigError(f"backend='onnx' supports cross-encoders only, not {self.kind!r} rerankers")

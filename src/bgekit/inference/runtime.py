@@ -25,7 +25,7 @@ class Runtime:
         device: the first of them, where the model loads in single-device mode.
         max_tokens_per_batch: the batching engine's padded-token budget (``None``: no cap).
         quantization: ``None`` or ``"int8"``.
-        backend: ``"torch"`` or ``"onnx"``.
+        backend: ``"torch"``, ``"onnx"``, or ``"auto"`` for the model to measure (see ``autotune``).
         dtype: the dtype name that runs on ``device`` (``"fp16"`` asked for on a CPU is ``"fp32"`` here).
         torch_dtype: the same as a torch dtype.
         requested_dtype: the dtype as the caller gave it, passed on to worker processes so that each one
@@ -125,14 +125,19 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
         raise ConfigError(f"quantization={quantization!r} is not valid; choose None, 'int8' or 'int8-static'")
     # int8 runs through ONNX Runtime's maintained dynamic quantisation (not torch.ao's deprecated one)
     backend = kwargs.get("backend") or ("onnx" if quantization else "torch")
-    if backend not in ("torch", "onnx"):
-        raise ConfigError(f"backend={backend!r} is not valid; choose 'torch' or 'onnx'")
+    if backend not in ("torch", "onnx", "auto"):
+        raise ConfigError(f"backend={backend!r} is not valid; choose 'torch', 'onnx' or 'auto'")
+    if backend == "auto" and (quantization or first.type != "cpu"):
+        # int8 runs only on ONNX Runtime; accelerators run PyTorch: nothing to measure
+        backend = "onnx" if quantization else "torch"
     if quantization and backend != "onnx":
         raise ConfigError(
             f"quantization={quantization!r} runs on backend='onnx'; leave backend out or set it to 'onnx'"
         )
     requested = kwargs.get("dtype")
-    dtype, torch_dtype = resolve_dtype(requested, default_dtype, first, backend, stacklevel=5)
+    # "auto" is resolved by the model (autotune measures the candidates); until then dtypes follow torch's rules
+    dtype_backend = "torch" if backend == "auto" else backend
+    dtype, torch_dtype = resolve_dtype(requested, default_dtype, first, dtype_backend, stacklevel=5)
     return Runtime(
         devices=names,
         device=first,

@@ -1,0 +1,266 @@
+"""``backend="auto"``: the fastest full-quality way to run a model on this CPU, measured once and cached.
+
+Which path is fastest depends on the CPU and the model: ONNX Runtime's fused fp32 graph wins on CPUs with
+AVX2 only, PyTorch bf16 on CPUs with AMX, and a model's size shifts the balance. Flags cannot answer it
+(a virtual machine may hide them), so ``backend="auto"`` builds the model on each candidate path, encodes
+a fixed sample of texts of mixed lengths with each, and keeps the fastest whose outputs stay within
+``MIN_COSINE`` of PyTorch fp32. Candidates: PyTorch in the model's dtype, ONNX Runtime fp32 (encoder
+models), and with ``dtype="auto"`` PyTorch bf16 where this CPU multiplies bf16 fast. Dynamic int8 is not a
+candidate: it moves embeddings to 0.98-0.99 cosine, which is not full quality (ask for it with
+``quantization="int8"``).
+
+The choice is cached per machine (CPU model and flags, threads, torch and ONNX Runtime versions), model
+files and request in ``$BGEKIT_CACHE_DIR/auto/`` (default ``~/.cache/bgekit/auto/``); later loads read it
+and measure nothing. The model reports it as ``model.auto_choice``.
+
+Example:
+    >>> model = Embedder("BAAI/bge-small-en-v1.5", device="cpu", backend="auto")   # doctest: +SKIP
+    >>> print(model.auto_choice.reason)                                          # doctest: +SKIP
+    onnx/fp32 at 131.2 texts/s; torch/bf16 118.0 (0.90x); torch/fp32 97.5 (0.74x); ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bgekit.errors import BgekitError
+from bgekit.io import atomic_open
+
+logger = logging.getLogger(__name__)
+
+MIN_COSINE = 0.995
+"""A candidate qualifies when every output keeps at least this cosine to PyTorch fp32."""
+
+CACHE_VERSION = 1
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+_SAMPLE_TEXT = (
+    "Retrieval systems turn a question into a vector and look for the passages whose vectors lie closest "
+    "to it. The passages come from manuals, papers, support tickets and web pages, and they differ in "
+    "length, vocabulary and style. A good embedding model places a short question near the paragraph that "
+    "answers it even when the two share few words, and a reranker then reads each candidate together with "
+    "the question to order the best few. Speed matters because a corpus is encoded once but grows every "
+    "day, and queries arrive one at a time from people who wait for the answer. Quality matters more: a "
+    "faster model that misses the right passage costs more than it saves."
+)
+_SAMPLE = _SAMPLE_TEXT.split(" ")
+SAMPLE_WORDS = (8, 16, 32, 64, 128, 256)
+"""Lengths in words of the sample texts (cycled), from query-sized to passage-sized."""
+
+
+def sample_texts(count: int = 36) -> list[str]:
+    """The fixed texts every candidate encodes: ``count`` texts of mixed lengths, each one different."""
+    out = []
+    for i in range(count):
+        words = SAMPLE_WORDS[i % len(SAMPLE_WORDS)]
+        start = (7 * i) % len(_SAMPLE)
+        out.append(" ".join((_SAMPLE * (words // len(_SAMPLE) + 2))[start : start + words]))
+    return out
+
+
+@dataclass
+class AutoChoice:
+    """What ``backend="auto"`` chose and why.
+
+    Attributes:
+        backend: ``"torch"`` or ``"onnx"``.
+        dtype: the dtype that runs (``"fp32"`` or ``"bf16"``).
+        rates: texts per second of each candidate (``"torch/fp32"``, ...) on the sample.
+        cosines: each candidate's minimum cosine to the reference outputs.
+        skipped: candidates that could not run here, with the reason.
+        reason: one line saying what was chosen against what.
+        cache_path: where the choice is cached.
+        cached: whether this load read the cache instead of measuring.
+    """
+
+    backend: str
+    dtype: str
+    rates: dict[str, float] = field(default_factory=dict)
+    cosines: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    cache_path: str = ""
+    cached: bool = False
+
+
+def cache_dir() -> str:
+    """Where choices are cached: ``$BGEKIT_CACHE_DIR/auto`` or ``~/.cache/bgekit/auto``."""
+    root = os.environ.get("BGEKIT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "bgekit")
+    return os.path.join(root, "auto")
+
+
+def machine_key() -> dict[str, Any]:
+    """What makes a measurement valid on another day: the CPU, its flags, threads and runtime versions."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {
+        "cpu": model,
+        "flags": [f for f in _FLAGS if f in flags],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+    }
+
+
+def candidates(default_dtype: str, requested_dtype: str | None, bf16_fast: bool) -> list[tuple[str, str]]:
+    """The (backend, dtype) paths to measure for a CPU model.
+
+    ``dtype`` not given: the model's own dtype on PyTorch, and ONNX fp32 when that dtype is fp32.
+    ``dtype="auto"``: PyTorch fp32, PyTorch bf16 where ``bf16_fast``, ONNX fp32. An explicit dtype: PyTorch
+    in it, and ONNX when it is fp32.
+
+    Example:
+        >>> candidates("fp32", None, bf16_fast=True)
+        [('torch', 'fp32'), ('onnx', 'fp32')]
+        >>> candidates("fp32", "auto", bf16_fast=True)
+        [('torch', 'fp32'), ('torch', 'bf16'), ('onnx', 'fp32')]
+    """
+    if requested_dtype == "auto":
+        paths = [("torch", "fp32")] + ([("torch", "bf16")] if bf16_fast else [])
+        return [*paths, ("onnx", "fp32")]
+    dtype = requested_dtype or default_dtype
+    dtype = "fp32" if dtype == "fp16" else dtype  # fp16 runs as fp32 on a CPU
+    return [("torch", dtype)] + ([("onnx", "fp32")] if dtype == "fp32" else [])
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim == 1:  # scores: one vector, compared as such (centred: scale and offset do not hide drift)
+        a, b = (a - a.mean())[None], (b - b.mean())[None]
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
+    return float(cos.min())
+
+
+def measure(
+    build: Callable[[str, str], Any],
+    run: Callable[[Any, list[str]], np.ndarray],
+    path: tuple[str, str],
+    texts: list[str],
+) -> tuple[float, np.ndarray]:
+    """Texts per second of one candidate on ``texts`` (best of two passes after a warm-up) and its outputs."""
+    model = build(*path)
+    try:
+        run(model, texts[:6])
+        best, outputs = float("inf"), None
+        for _ in range(2):
+            started = time.perf_counter()
+            outputs = run(model, texts)
+            best = min(best, time.perf_counter() - started)
+        return len(texts) / best, np.asarray(outputs)
+    finally:
+        close = getattr(model, "close", None)
+        if close is not None:
+            close()
+        del model
+
+
+def choose(
+    key: dict[str, Any],
+    paths: list[tuple[str, str]],
+    build: Callable[[str, str], Any],
+    run: Callable[[Any, list[str]], np.ndarray],
+) -> AutoChoice:
+    """The fastest qualifying path among ``paths``, from the cache or measured now (and cached).
+
+    Args:
+        key: what identifies the model and the request (model files, class, settings); the machine is
+            added here.
+        paths: candidate (backend, dtype) pairs; the first is the reference the others' quality is measured
+            against, and the fallback when no other can run.
+        build: makes the model on one path.
+        run: encodes (or scores) texts with a built model, returning an array.
+    """
+    full = {"version": CACHE_VERSION, "machine": machine_key(), **key, "paths": [list(p) for p in paths]}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = os.path.join(cache_dir(), f"{digest}.json")
+    cached = _read_cache(path)
+    if cached is not None:
+        cached.cached, cached.cache_path = True, path
+        return cached
+    if len(paths) == 1:
+        only = paths[0]
+        return AutoChoice(only[0], only[1], reason=f"{only[0]}/{only[1]}: the only candidate", cache_path="")
+    texts = sample_texts()
+    choice = AutoChoice(paths[0][0], paths[0][1], cache_path=path)
+    reference: np.ndarray | None = None
+    for candidate in paths:
+        name = "/".join(candidate)
+        try:
+            rate, outputs = measure(build, run, candidate, texts)
+        except (BgekitError, ImportError) as exc:  # e.g. no onnxruntime, or a model ONNX cannot run
+            if reference is None:
+                raise
+            choice.skipped[name] = str(exc).splitlines()[0][:200]
+            continue
+        if reference is None:
+            reference = outputs
+        choice.rates[name] = round(rate, 2)
+        choice.cosines[name] = round(_min_cosine(outputs, reference), 6)
+    qualifying = [n for n in choice.rates if choice.cosines[n] >= MIN_COSINE]
+    best = max(qualifying, key=choice.rates.__getitem__)
+    choice.backend, choice.dtype = best.split("/")
+    top = choice.rates[best]
+    others = [
+        f"{n} {r:.1f} ({r / top:.2f}x, cosine {choice.cosines[n]:.4f})"
+        for n, r in choice.rates.items()
+        if n != best
+    ]
+    others += [f"{n} could not run: {why}" for n, why in choice.skipped.items()]
+    choice.reason = f"{best} at {top:.1f} texts/s on {len(texts)} sample texts; " + "; ".join(others)
+    _write_cache(path, choice)
+    logger.info("backend='auto' chose %s (%s)", best, choice.reason)
+    return choice
+
+
+def _read_cache(path: str) -> AutoChoice | None:
+    """The cached choice, or ``None`` when there is none or it cannot be read (it is measured again)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return AutoChoice(**{k: v for k, v in data.items() if k in AutoChoice.__dataclass_fields__})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring the unreadable backend='auto' cache %s (%s); measuring again", path, exc)
+        return None
+
+
+def _write_cache(path: str, choice: AutoChoice) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_open(path, "w", encoding="utf-8") as handle:
+            json.dump(
+                {k: v for k, v in asdict(choice).items() if k not in ("cached", "cache_path")},
+                handle,
+                indent=1,
+            )
+    except OSError as exc:  # a read-only home: the choice still holds for this process
+        logger.warning("could not cache the backend='auto' choice at %s: %s", path, exc)

@@ -1,0 +1,117 @@
+"""backend="auto": measured candidates, the fastest full-quality one chosen, cached per machine and model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bgekit import Embedder, Reranker
+from bgekit.errors import ConfigError
+from bgekit.inference import autotune
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "auto"
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, tiny_bert_dir: str) -> str:
+    folder = tmp_path / "model"  # a copy: the ONNX candidate writes its graph beside the weights
+    shutil.copytree(tiny_bert_dir, folder)
+    return str(folder)
+
+
+def test_auto_measures_candidates_chooses_the_fastest_and_caches_it(cache: Path, model_dir: str) -> None:
+    model = Embedder(model_dir, device="cpu", backend="auto")
+    choice = model.auto_choice
+    assert choice is not None and not choice.cached
+    assert set(choice.rates) == {"torch/fp32", "onnx/fp32"}
+    assert all(rate > 0 for rate in choice.rates.values())
+    assert choice.cosines["onnx/fp32"] >= 0.99999  # the same fp32 model on another runtime
+    fastest = max(choice.rates, key=choice.rates.__getitem__)
+    assert (model.backend, model.dtype) == tuple(fastest.split("/")) == (choice.backend, choice.dtype)
+    assert choice.reason.startswith(f"{fastest} at ")
+    saved = json.loads(Path(choice.cache_path).read_text())
+    assert Path(choice.cache_path).parent == cache
+    assert (saved["backend"], saved["dtype"], saved["rates"]) == (choice.backend, choice.dtype, choice.rates)
+
+    texts = ["a short query", "a longer passage about retrieval and the vectors that serve it " * 5]
+    want = Embedder(model_dir, device="cpu", backend="torch").encode_corpus(texts)
+    np.testing.assert_allclose(model.encode_corpus(texts), want, atol=1e-5)
+
+
+def test_a_cached_choice_is_read_not_measured(
+    cache: Path, model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = Embedder(model_dir, device="cpu", backend="auto").auto_choice
+    assert first is not None
+
+    def no_measuring(*args: object) -> None:
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr(autotune, "measure", no_measuring)
+    again = Embedder(model_dir, device="cpu", backend="auto").auto_choice
+    assert again is not None and again.cached
+    assert (again.backend, again.dtype, again.rates) == (first.backend, first.dtype, first.rates)
+
+
+def test_the_fastest_candidate_below_full_quality_is_not_chosen(
+    cache: Path, model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake(build, run, path, texts):  # type: ignore[no-untyped-def]
+        outputs = np.eye(len(texts), 8, dtype=np.float32) + 1.0
+        if path == ("onnx", "fp32"):  # faster, but its outputs drift
+            outputs = outputs + np.random.default_rng(0).normal(0, 1, outputs.shape).astype(np.float32)
+            return 500.0, outputs
+        return 100.0, outputs
+
+    monkeypatch.setattr(autotune, "measure", fake)
+    model = Embedder(model_dir, device="cpu", backend="auto")
+    assert model.auto_choice is not None
+    assert model.auto_choice.cosines["onnx/fp32"] < autotune.MIN_COSINE
+    assert (model.backend, model.dtype) == ("torch", "fp32")
+
+
+def test_a_damaged_cache_is_measured_again(cache: Path, model_dir: str) -> None:
+    first = Embedder(model_dir, device="cpu", backend="auto").auto_choice
+    assert first is not None
+    Path(first.cache_path).write_text("{not json")
+    again = Embedder(model_dir, device="cpu", backend="auto").auto_choice
+    assert again is not None and not again.cached and again.rates
+    assert json.loads(Path(again.cache_path).read_text())["backend"] == again.backend
+
+
+def test_dtype_auto_adds_bf16_only_where_the_cpu_runs_it_fast() -> None:
+    assert autotune.candidates("fp32", "auto", bf16_fast=True) == [
+        ("torch", "fp32"),
+        ("torch", "bf16"),
+        ("onnx", "fp32"),
+    ]
+    assert autotune.candidates("fp32", "auto", bf16_fast=False) == [("torch", "fp32"), ("onnx", "fp32")]
+    assert autotune.candidates("bf16", None, bf16_fast=True) == [("torch", "bf16")]
+
+
+def test_auto_with_int8_or_an_explicit_backend_measures_nothing(
+    cache: Path, model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(autotune, "choose", lambda *a: pytest.fail("measured"))
+    model = Embedder(model_dir, device="cpu", backend="auto", quantization="int8")
+    assert (model.backend, model.auto_choice) == ("onnx", None)
+    with pytest.raises(ConfigError, match="'torch', 'onnx' or 'auto'"):
+        Embedder(model_dir, device="cpu", backend="tensorrt")
+
+
+def test_reranker_auto(cache: Path, tmp_path: Path, bert_reranker_dir: str) -> None:
+    folder = tmp_path / "reranker"
+    shutil.copytree(bert_reranker_dir, folder)
+    model = Reranker(str(folder), device="cpu", backend="auto")
+    assert model.auto_choice is not None and set(model.auto_choice.rates) == {"torch/fp32", "onnx/fp32"}
+    pairs = [("what is bge?", "BGE is an embedding model."), ("what is bge?", "Pandas eat bamboo.")]
+    want = Reranker(str(folder), device="cpu").compute_score(pairs)
+    np.testing.assert_allclose(model.compute_score(pairs), want, atol=1e-5)
