@@ -92,6 +92,7 @@ def run_worker(
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("BGEKIT_CACHE_DIR", str(REPO / ".bench" / "auto-cache"))  # backend="auto" choices
     start = time.perf_counter()
     proc = subprocess.run(
         [str(python or sys.executable), script, "--worker", *args],

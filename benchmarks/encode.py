@@ -14,6 +14,8 @@ CPUs with AMX or AVX512-BF16) and OpenVINO static int8 (ST's ``export_static_qua
 with its calibration set replaced by local SciFact texts that are not timed), and FastEmbed on the graph
 sentence-transformers exported. bgekit's ``bgekit-onnx-int8-static`` is calibrated on the same texts. Each
 path is shown against sentence-transformers fp32 and against the fastest peer path of the run.
+``bgekit-auto`` is ``backend="auto", dtype="auto"`` (its one-off measurement at load is not timed); the last
+line says what it chose and how fast it runs against the fastest bgekit path at cosine >= 0.995 to fp32.
 
     python benchmarks/encode.py                       # 5,183 documents, max length 512, 2 threads
     python benchmarks/encode.py --what queries        # the 1,109 SciFact queries
@@ -63,6 +65,7 @@ PATHS = [
     "bgekit-onnx-fp32",
     "bgekit-onnx-int8",
     "bgekit-onnx-int8-static",
+    "bgekit-auto",
 ]
 GPU_PATHS = ["st-fp16", "flag-fp16", "bgekit-fp32", "bgekit-fp16", "bgekit-bf16"]
 ALL_PATHS = list(dict.fromkeys(PATHS + GPU_PATHS))
@@ -164,6 +167,8 @@ def worker(args: argparse.Namespace) -> None:
             "bgekit-bf16": {"dtype": "bf16"},
             "bgekit-onnx-fp32": {"backend": "onnx"},
             "bgekit-onnx-int8": {"quantization": "int8"},
+            # chosen at load (not timed), from a measurement cached under .bench/auto-cache
+            "bgekit-auto": {"backend": "auto", "dtype": "auto"},
         }[name]
         model = Embedder(
             args.model, device=device, query_max_length=length, passage_max_length=length, **kwargs
@@ -182,7 +187,9 @@ def worker(args: argparse.Namespace) -> None:
     if extra_queries:
         np.save(args.out + ".queries.npy", np.asarray(encode(extra_queries, queries=True), dtype=np.float32))
     memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
-    print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": memory}))
+    chose = getattr(locals().get("model"), "auto_choice", None)
+    chosen = f"bgekit-{chose.backend}-{chose.dtype}" if chose is not None else None
+    print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": memory, "chose": chosen}))
 
 
 def static_int8_embedder(args: argparse.Namespace) -> Any:
@@ -358,7 +365,7 @@ def main() -> None:
     rows = []
     for path, res in results.items():
         rate = res["n"] / res["seconds"]
-        dtype = arithmetic_of(path, peaks)
+        dtype = arithmetic_of(res.get("chose") or path, peaks)
         frac = flops / res["seconds"] / 1e9 / peaks[dtype]
         cos = f"{float((vectors[path] * ref).sum(1).min()):.5f}" if ref is not None else "-"
         ndcg = (
@@ -378,6 +385,7 @@ def main() -> None:
                 ndcg,
             ]
         )
+    auto_line = auto_summary(results, vectors, ref)
     print_table(
         [
             "path",
@@ -391,6 +399,32 @@ def main() -> None:
         ],
         rows,
     )
+    if auto_line:
+        print(auto_line)
+
+
+QUALIFYING_COSINE = 0.995
+"""A bgekit path counts as full quality when every embedding keeps this cosine to fp32."""
+
+
+def auto_summary(results: dict[str, dict], vectors: dict[str, np.ndarray], ref: np.ndarray | None) -> str:
+    """How ``backend="auto"`` did: what it chose, and its speed against the fastest full-quality bgekit path."""
+    if "bgekit-auto" not in results or ref is None:
+        return ""
+    qualifying = {
+        p: r["n"] / r["seconds"]
+        for p, r in results.items()
+        if p.startswith("bgekit-")
+        and p != "bgekit-auto"
+        and float((vectors[p] * ref).sum(1).min()) >= QUALIFYING_COSINE
+    }
+    auto = results["bgekit-auto"]
+    line = f"\nbgekit-auto chose {auto.get('chose')}"
+    if qualifying:
+        best = max(qualifying, key=qualifying.__getitem__)
+        ratio = auto["n"] / auto["seconds"] / qualifying[best]
+        line += f"; the fastest bgekit path at cosine >= {QUALIFYING_COSINE} here is {best}: auto runs at {ratio:.2f} of it"
+    return line
 
 
 if __name__ == "__main__":
