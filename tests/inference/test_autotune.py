@@ -115,3 +115,23 @@ def test_reranker_auto(cache: Path, tmp_path: Path, bert_reranker_dir: str) -> N
     pairs = [("what is bge?", "BGE is an embedding model."), ("what is bge?", "Pandas eat bamboo.")]
     want = Reranker(str(folder), device="cpu").compute_score(pairs)
     np.testing.assert_allclose(model.compute_score(pairs), want, atol=1e-5)
+
+
+def test_serve_backend_auto_reports_what_it_runs(cache: Path, model_dir: str) -> None:
+    import argparse
+
+    from fastapi.testclient import TestClient
+
+    from bgekit.cli.serve import add_arguments, build_app
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    app = build_app(parser.parse_args(["--model", model_dir, "--backend", "auto"]))
+    choice = app.state.embedder.auto_choice
+    assert choice is not None and choice.rates
+    with TestClient(app, base_url="http://localhost") as client:
+        info = client.get("/info").json()["model"]
+        assert (info["backend"], info["dtype"]) == (choice.backend, choice.dtype)
+        vectors = client.post("/embed", json={"inputs": ["a short query"]}).json()
+    want = Embedder(model_dir, device="cpu").encode_corpus(["a short query"])
+    np.testing.assert_allclose(np.asarray(vectors), want, atol=1e-5)

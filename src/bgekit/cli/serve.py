@@ -187,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"bgekit serve: listening on http://{shown_host}:{args.port}", file=sys.stderr)
     print(f"bgekit serve: routes {' '.join(app.state.routes)}; schema at /docs", file=sys.stderr)
+    choice = getattr(app.state.embedder, "auto_choice", None)
+    if choice is not None:
+        print(f"bgekit serve: backend auto: {choice.reason}", file=sys.stderr)
     if config.api_key is None and not is_loopback(args.host):
         print(
             f"bgekit serve: warning: {args.host} is reachable without an API key (--insecure)",

@@ -236,6 +236,7 @@ def create_app(
     )
     app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
     app.state.index = index
+    app.state.embedder = embedder
 
     # ---------------------------------------------------------------------------------- errors
     def problem(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
