@@ -95,8 +95,8 @@ def main() -> None:
     parser.add_argument(
         "--fast-paths",
         nargs="*",
-        default=["bf16", "onnx-fp32", "onnx-int8"],
-        choices=["bf16", "onnx-fp32", "onnx-int8"],
+        default=["bf16", "onnx-fp32", "onnx-int8", "auto"],
+        choices=["bf16", "onnx-fp32", "onnx-int8", "auto"],
         help="bgekit's fast paths timed beside fp32 (none: fp32 only)",
     )
     parser.add_argument(
@@ -295,12 +295,20 @@ def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) ->
         "bf16": {"dtype": "bf16"},
         "onnx-fp32": {"backend": "onnx"},
         "onnx-int8": {"quantization": "int8"},
+        # chosen at load from a one-off measurement (not timed), cached under .bench/auto-cache
+        "auto": {"backend": "auto", "dtype": "auto"},
     }
+    os.environ.setdefault(
+        "BGEKIT_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".bench" / "auto-cache")
+    )
     for name in args.fast_paths:
         model = Reranker(folder, device="cpu", max_length=args.max_length, show_progress=False, **fast[name])
         model.compute_score(warm)  # export / first-call work is not timed
         scores, seconds = timed(lambda model=model: model.compute_score(pairs, batch_size=args.batch_size))
-        rows.append((f"bgekit Reranker {name}", seconds, agreement(scores, ours_scores)))
+        label = name
+        if model.auto_choice is not None:
+            label = f"auto (chose {model.auto_choice.backend} {model.auto_choice.dtype})"
+        rows.append((f"bgekit Reranker {label}", seconds, agreement(scores, ours_scores)))
     rows += peer_rows(folder, args, ours_scores, torch.get_num_threads())
 
     print(
