@@ -14,8 +14,8 @@ import numpy as np
 from transformers import TrainerCallback
 
 from bgekit.engine import BatchEngine, tokenize_texts
-from bgekit.inference.embedder import DEFAULT_MAX_TOKENS_PER_BATCH, run_encode_step
-from bgekit.inference.heads import DenseOptions
+from bgekit.inference.embedder import DEFAULT_MAX_TOKENS_PER_BATCH
+from bgekit.inference.heads import DenseOptions, run_encode_step
 from bgekit.inference.inputs import apply_instruction, corpus_item_text
 from bgekit.models.loading import model_max_length
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bgekit.engine import BatchEngine, batch_overhead_tokens, pad_sequences
+from bgekit.engine import BatchEngine, batch_overhead_tokens
 from bgekit.errors import ConfigError, InputError
 from bgekit.inference import m3
 from bgekit.inference.base import (
@@ -19,12 +19,7 @@ from bgekit.inference.base import (
     file_fingerprint,
     merge_adapter,
 )
-from bgekit.inference.heads import (
-    DenseOptions,
-    M3Heads,
-    embed_batch,
-    forward_arguments,
-)
+from bgekit.inference.heads import DenseOptions, M3Heads, run_encode_step
 from bgekit.inference.inputs import (
     ICL_EXAMPLE_FORMAT,
     ICL_SUFFIX,
@@ -50,37 +45,6 @@ DEFAULT_MAX_TOKENS_PER_BATCH = 16384  # on GPUs; CPUs use engine.CPU_MAX_TOKENS_
 
 _SETTING_ARGS = tuple(f for f in EmbedderSettings.field_names() if f not in ("extra", "dtype"))
 _RUNTIME_ARGS = (*RUNTIME_ARGS, "dtype", "adapter")
-
-
-def run_encode_step(
-    engine: BatchEngine,
-    model: Any,
-    tokenizer: Any,
-    features: Sequence[dict[str, list[int]]],
-    dense: DenseOptions,
-    device: torch.device | str,
-    *,
-    heads: tuple[bool, bool, bool] | None = None,
-    m3_heads: M3Heads | None = None,
-    unused_ids: torch.Tensor | None = None,
-) -> Any:
-    """The embedder's encode step run by ``engine`` over tokenized ``features``: each batch padded on the
-    tokenizer's side, given the arguments ``model``'s forward takes, and turned into vectors by the heads.
-
-    ``Embedder.encode_features`` and the encoder used for evaluation during training
-    (``bgekit.finetune.evaluation``) both run it, so a model in training encodes as it will at inference.
-    Returns the engine's outputs in input order (a tensor, or for ``heads`` a dict of per-head outputs).
-    """
-    pad_id = int(tokenizer.pad_token_id)
-    side = tokenizer.padding_side
-    accepted = forward_arguments(model)
-
-    def step(indices: list[int]) -> Any:
-        batch = pad_sequences([features[i] for i in indices], pad_id, padding_side=side)
-        batch = {k: v.to(device) for k, v in batch.items() if accepted is None or k in accepted}
-        return embed_batch(model, batch, heads, dense, m3_heads, unused_ids)
-
-    return engine.run([len(f["input_ids"]) for f in features], step)
 
 
 class Embedder(M3Methods, DeviceModel):

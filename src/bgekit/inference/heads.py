@@ -1,16 +1,21 @@
 """Heads that turn a backbone's hidden states into outputs: pooling, Matryoshka truncation, normalisation.
 
 M3's sparse (lexical) and multi-vector (ColBERT) heads live here too; a model is a backbone plus heads.
+``run_encode_step`` is the embedder's step for the batching engine: pad a batch, run the backbone, apply
+the heads (inference and training-time evaluation both run it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from bgekit.engine import BatchEngine, pad_sequences
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
@@ -247,3 +252,34 @@ def forward_arguments(model: Any) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None if "token_type_ids" in parameters else set(parameters) | {"attention_mask", "input_ids"}
     return set(parameters)
+
+
+def run_encode_step(
+    engine: BatchEngine,
+    model: Any,
+    tokenizer: Any,
+    features: Sequence[dict[str, list[int]]],
+    dense: DenseOptions,
+    device: torch.device | str,
+    *,
+    heads: tuple[bool, bool, bool] | None = None,
+    m3_heads: M3Heads | None = None,
+    unused_ids: torch.Tensor | None = None,
+) -> Any:
+    """The embedder's encode step run by ``engine`` over tokenized ``features``: each batch padded on the
+    tokenizer's side, given the arguments ``model``'s forward takes, and turned into vectors by the heads.
+
+    ``Embedder.encode_features`` and the encoder used for evaluation during training
+    (``bgekit.finetune.evaluation``) both run it, so a model in training encodes as it will at inference.
+    Returns the engine's outputs in input order (a tensor, or for ``heads`` a dict of per-head outputs).
+    """
+    pad_id = int(tokenizer.pad_token_id)
+    side = tokenizer.padding_side
+    accepted = forward_arguments(model)
+
+    def step(indices: list[int]) -> Any:
+        batch = pad_sequences([features[i] for i in indices], pad_id, padding_side=side)
+        batch = {k: v.to(device) for k, v in batch.items() if accepted is None or k in accepted}
+        return embed_batch(model, batch, heads, dense, m3_heads, unused_ids)
+
+    return engine.run([len(f["input_ids"]) for f in features], step)
