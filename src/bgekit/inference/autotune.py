@@ -60,7 +60,12 @@ SAMPLE_WORDS = (8, 16, 32, 64, 128, 256)
 
 
 def sample_texts(count: int = 36) -> list[str]:
-    """The fixed texts every candidate encodes: ``count`` texts of mixed lengths, each one different."""
+    """The fixed texts every candidate encodes: ``count`` texts of mixed lengths, each one different.
+
+    Example:
+        >>> [len(text.split()) for text in sample_texts(6)]
+        [8, 16, 32, 64, 128, 256]
+    """
     out = []
     for i in range(count):
         words = SAMPLE_WORDS[i % len(SAMPLE_WORDS)]
@@ -82,6 +87,10 @@ class AutoChoice:
         reason: one line saying what was chosen against what.
         cache_path: where the choice is cached.
         cached: whether this load read the cache instead of measuring.
+
+    Example:
+        >>> AutoChoice("torch", "bf16", rates={"torch/bf16": 240.0, "torch/fp32": 90.0}).backend
+        'torch'
     """
 
     backend: str
@@ -95,13 +104,23 @@ class AutoChoice:
 
 
 def cache_dir() -> str:
-    """Where choices are cached: ``$BGEKIT_CACHE_DIR/auto`` or ``~/.cache/bgekit/auto``."""
+    """Where choices are cached: ``$BGEKIT_CACHE_DIR/auto`` or ``~/.cache/bgekit/auto``.
+
+    Example:
+        >>> cache_dir().endswith("auto")
+        True
+    """
     root = os.environ.get("BGEKIT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "bgekit")
     return os.path.join(root, "auto")
 
 
 def machine_key() -> dict[str, Any]:
-    """What makes a measurement valid on another day: the CPU, its flags, threads and runtime versions."""
+    """What makes a measurement valid on another day: the CPU, its flags, threads and runtime versions.
+
+    Example:
+        >>> sorted(machine_key())
+        ['cpu', 'flags', 'onnxruntime', 'threads', 'torch']
+    """
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -165,7 +184,13 @@ def measure(
     path: tuple[str, str],
     texts: list[str],
 ) -> tuple[float, np.ndarray]:
-    """Texts per second of one candidate on ``texts`` (best of two passes after a warm-up) and its outputs."""
+    """Texts per second of one candidate on ``texts`` (best of two passes after a warm-up) and its outputs.
+
+    Example:
+        >>> rate, out = measure(lambda b, d: None, lambda m, t: [[1.0]] * len(t), ("torch", "fp32"), ["a", "b"])
+        >>> out.shape
+        (2, 1)
+    """
     model = build(*path)
     try:
         run(model, texts[:6])
