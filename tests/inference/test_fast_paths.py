@@ -163,7 +163,9 @@ def test_superseded_graphs_are_removed(tmp_path: Path, tiny_bert_dir: str) -> No
     other_precision = cache / "feature-extraction-0123456789abcdef-int8.onnx"
     older_version = cache / "feature-extraction-fedcba9876543210-fp32-v1.onnx"
     other_task = cache / "sequence-classification-0123456789abcdef-fp32.onnx"
-    calibrated = cache / "feature-extraction-0123456789abcdef-int8-static-v2.onnx"  # the user's, never a cache
+    calibrated = (
+        cache / "feature-extraction-0123456789abcdef-int8-static-v2.onnx"
+    )  # the user's, never a cache
     for stale in (older_format, older_version, other_precision, other_task, calibrated):
         stale.write_bytes(b"not a graph")
     model = Embedder(str(folder), device="cpu", backend="onnx")
