@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from bgekit.cli.ray_options import add_ray_arguments, ray_kwargs
+from bgekit.cli.runtime_options import add_backend_argument
 from bgekit.errors import ConfigError, DataFormatError
 from bgekit.io import iter_jsonl, iter_text_lines, save_npy_atomic
 
@@ -36,13 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--queries", action="store_true", help="encode as queries (query instruction)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
-    parser.add_argument(
-        "--backend",
-        choices=["torch", "onnx", "auto"],
-        default=None,
-        help="auto: measure PyTorch and ONNX Runtime (and bf16 with --dtype auto) once on this machine, "
-        "keep the fastest at full quality (cached)",
-    )
+    add_backend_argument(parser)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")

@@ -23,6 +23,7 @@ from typing import Any
 
 from bgekit.cli.ann_options import add_ann_arguments, ann_of
 from bgekit.cli.ray_options import add_ray_arguments, ray_kwargs
+from bgekit.cli.runtime_options import add_backend_argument
 
 CHECKPOINT_MARKER = "build.json"
 """What a build checkpoint folder of ``SearchIndex.build`` holds first (see ``search_index._Checkpoint``)."""
@@ -47,13 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--chunk-size", type=int, default=10_000, help="documents between checkpoints")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
-    parser.add_argument(
-        "--backend",
-        choices=["torch", "onnx", "auto"],
-        default=None,
-        help="auto: measure PyTorch and ONNX Runtime (and bf16 with --dtype auto) once on this machine, "
-        "keep the fastest at full quality (cached)",
-    )
+    add_backend_argument(parser)
     parser.add_argument("--quantization", choices=["int8"], default=None, help="int8 through ONNX Runtime")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any
 
+from bgekit.cli.runtime_options import add_backend_argument
 from bgekit.errors import ConfigError
 from bgekit.serve.config import ServerConfig, is_loopback, loopback_host_names
 
@@ -38,13 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
-    parser.add_argument(
-        "--backend",
-        choices=["torch", "onnx", "auto"],
-        default=None,
-        help="auto: measure PyTorch and ONNX Runtime (and bf16 with --dtype auto) once on this machine, "
-        "keep the fastest at full quality (cached)",
-    )
+    add_backend_argument(parser)
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="run code shipped with the checkpoints"
     )
