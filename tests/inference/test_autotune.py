@@ -31,9 +31,10 @@ def test_auto_measures_candidates_chooses_the_fastest_and_caches_it(cache: Path,
     model = Embedder(model_dir, device="cpu", backend="auto")
     choice = model.auto_choice
     assert choice is not None and not choice.cached
-    assert set(choice.rates) == {"torch/fp32", "onnx/fp32"}
+    assert set(choice.rates) == {"torch/fp32", "onnx/fp32", "openvino/fp32"}  # openvino: installed here
     assert all(rate > 0 for rate in choice.rates.values())
-    assert choice.cosines["onnx/fp32"] >= 0.99999  # the same fp32 model on another runtime
+    for other in ("onnx/fp32", "openvino/fp32"):
+        assert choice.cosines[other] >= 0.99999  # the same fp32 model on another runtime
     fastest = max(choice.rates, key=choice.rates.__getitem__)
     assert (model.backend, model.dtype) == tuple(fastest.split("/")) == (choice.backend, choice.dtype)
     assert choice.reason.startswith(f"{fastest} at ")
@@ -95,6 +96,10 @@ def test_dtype_auto_adds_bf16_only_where_the_cpu_runs_it_fast() -> None:
     ]
     assert autotune.candidates("fp32", "auto", bf16_fast=False) == [("torch", "fp32"), ("onnx", "fp32")]
     assert autotune.candidates("bf16", None, bf16_fast=True) == [("torch", "bf16")]
+    assert autotune.candidates("bf16", None, bf16_fast=True, openvino=True) == [
+        ("torch", "bf16"),
+        ("openvino", "bf16"),
+    ]
 
 
 def test_auto_with_int8_or_an_explicit_backend_measures_nothing(
@@ -103,7 +108,7 @@ def test_auto_with_int8_or_an_explicit_backend_measures_nothing(
     monkeypatch.setattr(autotune, "choose", lambda *a: pytest.fail("measured"))
     model = Embedder(model_dir, device="cpu", backend="auto", quantization="int8")
     assert (model.backend, model.auto_choice) == ("onnx", None)
-    with pytest.raises(ConfigError, match="'torch', 'onnx' or 'auto'"):
+    with pytest.raises(ConfigError, match="'torch', 'onnx', 'openvino' or 'auto'"):
         Embedder(model_dir, device="cpu", backend="tensorrt")
 
 
@@ -111,7 +116,8 @@ def test_reranker_auto(cache: Path, tmp_path: Path, bert_reranker_dir: str) -> N
     folder = tmp_path / "reranker"
     shutil.copytree(bert_reranker_dir, folder)
     model = Reranker(str(folder), device="cpu", backend="auto")
-    assert model.auto_choice is not None and set(model.auto_choice.rates) == {"torch/fp32", "onnx/fp32"}
+    assert model.auto_choice is not None
+    assert set(model.auto_choice.rates) == {"torch/fp32", "onnx/fp32", "openvino/fp32"}
     pairs = [("what is bge?", "BGE is an embedding model."), ("what is bge?", "Pandas eat bamboo.")]
     want = Reranker(str(folder), device="cpu").compute_score(pairs)
     np.testing.assert_allclose(model.compute_score(pairs), want, atol=1e-5)

@@ -14,14 +14,6 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def minilm_copy(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
-    """A writable copy of MiniLM, so the ONNX cache lands beside it as it does for users."""
-    target = tmp_path_factory.mktemp("minilm") / "model"
-    shutil.copytree(minilm_path, target)
-    return str(target)
-
-
-@pytest.fixture(scope="module")
 def sample(scifact_corpus: list[dict], scifact_queries: list[dict]) -> tuple[list[dict], list[str]]:
     docs = [{"title": d["title"], "text": d["text"]} for d in scifact_corpus[:120]]
     return docs, [q["text"] for q in scifact_queries[:30]]
@@ -75,19 +67,6 @@ def test_bad_fast_path_options(tiny_bert_dir: str) -> None:
         Embedder(tiny_bert_dir, backend="tensorrt")
     with pytest.raises(ConfigError, match="runs on backend='onnx'"):
         Embedder(tiny_bert_dir, backend="torch", quantization="int8")
-
-
-@pytest.fixture(scope="module")
-def minilm_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
-    """A MiniLM-sized cross-encoder: the real MiniLM body with a seeded fresh 1-logit head."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("minilm-ce") / "model"
-    AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=1).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    return str(folder)
 
 
 def test_cross_encoder_fast_paths(

@@ -102,8 +102,8 @@ def test_the_onnx_graph_is_exported_once_before_the_workers_start(
     exports: list[tuple[str, int, int]] = []
     real_export = onnx_backend.export_onnx
 
-    def counted_export(*args: object) -> str:
-        path = real_export(*args)  # type: ignore[arg-type]
+    def counted_export(*args: object, **kwargs: object) -> str:
+        path = real_export(*args, **kwargs)  # type: ignore[arg-type]
         exports.append((path, os.stat(path).st_ino, os.stat(path).st_mtime_ns))
         return path
 

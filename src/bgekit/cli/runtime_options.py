@@ -6,7 +6,7 @@ import argparse
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
-    """``--backend torch|onnx|auto`` (default: the model's own rule, PyTorch unless int8 is asked for).
+    """``--backend torch|onnx|openvino|auto`` (default: the model's own rule, PyTorch unless int8 is asked for).
 
     Example:
         >>> parser = argparse.ArgumentParser()
@@ -16,8 +16,8 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument(
         "--backend",
-        choices=["torch", "onnx", "auto"],
+        choices=["torch", "onnx", "openvino", "auto"],
         default=None,
-        help="auto: measure PyTorch and ONNX Runtime (and bf16 with --dtype auto) once on this machine, "
-        "keep the fastest at full quality (cached)",
+        help="auto: measure PyTorch, ONNX Runtime and OpenVINO (if installed; and bf16 with --dtype auto) "
+        "once on this machine, keep the fastest at full quality (cached)",
     )

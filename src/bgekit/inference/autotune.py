@@ -1,15 +1,16 @@
 """``backend="auto"``: the fastest full-quality way to run a model on this CPU, measured once and cached.
 
 Which path is fastest depends on the CPU and the model: ONNX Runtime's fused fp32 graph wins on CPUs with
-AVX2 only, PyTorch bf16 on CPUs with AMX, and a model's size shifts the balance. Flags cannot answer it
+AVX2 only, PyTorch or OpenVINO bf16 on CPUs with AMX, and a model's size shifts the balance. Flags cannot answer it
 (a virtual machine may hide them), so ``backend="auto"`` builds the model on each candidate path, encodes
 a fixed sample of texts of mixed lengths with each, and keeps the fastest whose outputs stay within
 ``MIN_COSINE`` of PyTorch fp32. Candidates: PyTorch in the model's dtype, ONNX Runtime fp32 (encoder
-models), and with ``dtype="auto"`` PyTorch bf16 where this CPU multiplies bf16 fast. Dynamic int8 is not a
+models), OpenVINO in the same dtypes when it is installed (``bgekit[openvino]``), and with
+``dtype="auto"`` bf16 on PyTorch and OpenVINO where this CPU multiplies bf16 fast. Dynamic int8 is not a
 candidate: it moves embeddings to 0.98-0.99 cosine, which is not full quality (ask for it with
 ``quantization="int8"``).
 
-The choice is cached per machine (CPU model and flags, threads, torch and ONNX Runtime versions), model
+The choice is cached per machine (CPU model and flags, threads, torch, ONNX Runtime and OpenVINO versions), model
 files and request in ``$BGEKIT_CACHE_DIR/auto/`` (default ``~/.cache/bgekit/auto/``); later loads read it
 and measure nothing. The model reports it as ``model.auto_choice``.
 
@@ -22,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -79,7 +81,7 @@ class AutoChoice:
     """What ``backend="auto"`` chose and why.
 
     Attributes:
-        backend: ``"torch"`` or ``"onnx"``.
+        backend: ``"torch"``, ``"onnx"`` or ``"openvino"``.
         dtype: the dtype that runs (``"fp32"`` or ``"bf16"``).
         rates: texts per second of each candidate (``"torch/fp32"``, ...) on the sample.
         cosines: each candidate's minimum cosine to the reference outputs.
@@ -119,7 +121,7 @@ def machine_key() -> dict[str, Any]:
 
     Example:
         >>> sorted(machine_key())
-        ['cpu', 'flags', 'onnxruntime', 'threads', 'torch']
+        ['cpu', 'flags', 'onnxruntime', 'openvino', 'threads', 'torch']
     """
     model, flags = platform.processor() or platform.machine(), set()
     try:
@@ -132,40 +134,50 @@ def machine_key() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
     return {
         "cpu": model,
         "flags": [f for f in _FLAGS if f in flags],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "onnxruntime": ort_version,
+        "onnxruntime": _version("onnxruntime"),
+        "openvino": _version("openvino"),
     }
 
 
-def candidates(default_dtype: str, requested_dtype: str | None, bf16_fast: bool) -> list[tuple[str, str]]:
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def candidates(
+    default_dtype: str, requested_dtype: str | None, bf16_fast: bool, openvino: bool = False
+) -> list[tuple[str, str]]:
     """The (backend, dtype) paths to measure for a CPU model.
 
     ``dtype`` not given: the model's own dtype on PyTorch, and ONNX fp32 when that dtype is fp32.
     ``dtype="auto"``: PyTorch fp32, PyTorch bf16 where ``bf16_fast``, ONNX fp32. An explicit dtype: PyTorch
-    in it, and ONNX when it is fp32.
+    in it, and ONNX when it is fp32. With ``openvino`` (the package is installed) OpenVINO runs in each
+    dtype PyTorch does.
 
     Example:
         >>> candidates("fp32", None, bf16_fast=True)
         [('torch', 'fp32'), ('onnx', 'fp32')]
         >>> candidates("fp32", "auto", bf16_fast=True)
         [('torch', 'fp32'), ('torch', 'bf16'), ('onnx', 'fp32')]
+        >>> candidates("fp32", "auto", bf16_fast=True, openvino=True)[3:]
+        [('openvino', 'fp32'), ('openvino', 'bf16')]
     """
     if requested_dtype == "auto":
-        paths = [("torch", "fp32")] + ([("torch", "bf16")] if bf16_fast else [])
-        return [*paths, ("onnx", "fp32")]
-    dtype = requested_dtype or default_dtype
-    dtype = "fp32" if dtype == "fp16" else dtype  # fp16 runs as fp32 on a CPU
-    return [("torch", dtype)] + ([("onnx", "fp32")] if dtype == "fp32" else [])
+        dtypes = ["fp32"] + (["bf16"] if bf16_fast else [])
+    else:
+        dtype = requested_dtype or default_dtype
+        dtypes = ["fp32" if dtype == "fp16" else dtype]  # fp16 runs as fp32 on a CPU
+    paths = [("torch", d) for d in dtypes] + ([("onnx", "fp32")] if "fp32" in dtypes else [])
+    if openvino:
+        paths += [("openvino", d) for d in dtypes if d in ("fp32", "bf16")]
+    return paths
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:

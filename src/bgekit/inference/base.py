@@ -10,6 +10,7 @@ different (its settings, inputs and forward).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -115,7 +116,8 @@ class DeviceModel:
 
         requested = kwargs.get("dtype")
         bf16_fast = requested == "auto" and cpu_bf16_speedup() >= AUTO_BF16_MIN_SPEEDUP
-        paths = autotune.candidates(default_dtype, requested, bf16_fast)
+        openvino = importlib.util.find_spec("openvino") is not None
+        paths = autotune.candidates(default_dtype, requested, bf16_fast, openvino=openvino)
         ignored = {"device", "devices", "backend", "dtype", "show_progress", "worker_timeout"}
         base = {k: v for k, v in kwargs.items() if k not in ignored}
         key = {
@@ -149,7 +151,12 @@ class DeviceModel:
     def _load_model(self) -> Any:
         """The model on this process's device, loaded once: the ONNX runner or the torch model."""
         if self._model is None:
-            self._model = self._onnx_runner() if self.backend == "onnx" else self._load_torch_model()
+            if self.backend == "onnx":
+                self._model = self._onnx_runner()
+            elif self.backend == "openvino":
+                self._model = self._openvino_runner()
+            else:
+                self._model = self._load_torch_model()
             self._after_load()
         return self._model
 
@@ -175,19 +182,31 @@ class DeviceModel:
         return self._load_model()
 
     def _check_onnx(self) -> None:
-        """Raise ConfigError when this model cannot run on the ONNX backend."""
+        """Raise ConfigError when this model cannot run from an ONNX export (backends onnx and openvino)."""
 
     def _onnx_graph(self) -> str:
-        """The exported (cached) ONNX graph of this model; exported here on first use."""
+        """The exported (cached) ONNX graph of this model; exported here on first use.
+
+        The ONNX backend runs ONNX Runtime's fused graph; OpenVINO reads the plain export and fuses itself.
+        """
         from bgekit.inference.onnx_backend import export_onnx
 
         self._check_onnx()
-        return export_onnx(self.folder, self.onnx_task, self.quantization, file_fingerprint(self.folder)[:16])
+        fingerprint = file_fingerprint(self.folder)[:16]
+        return export_onnx(
+            self.folder, self.onnx_task, self.quantization, fingerprint, fuse=self.backend != "openvino"
+        )
 
     def _onnx_runner(self) -> Any:
         from bgekit.inference.onnx_backend import OnnxRunner
 
         return OnnxRunner(self._onnx_graph(), self.onnx_task)
+
+    def _openvino_runner(self) -> Any:
+        from bgekit.inference.openvino_backend import OpenVinoRunner, require_openvino
+
+        require_openvino()  # before a slow export that would be of no use
+        return OpenVinoRunner(self._onnx_graph(), self.onnx_task, self.dtype)
 
     # ------------------------------------------------------------------------------------ worker pool
     def _runtime_kwargs(self) -> dict[str, Any]:
@@ -207,7 +226,7 @@ class DeviceModel:
 
     def _get_pool(self) -> DevicePool:
         if self._pool is None or self._pool.closed:
-            if self.backend == "onnx":
+            if self.backend in ("onnx", "openvino"):
                 self._onnx_graph()  # exported once here, not by every worker at the same time
             self._pool = DevicePool(
                 _ModelFactory(type(self), self.folder, self._worker_kwargs()),

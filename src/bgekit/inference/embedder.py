@@ -143,7 +143,7 @@ class Embedder(M3Methods, DeviceModel):
     def _check_onnx(self) -> None:
         if self.settings.kind in LLM_KINDS or self.adapter is not None:
             raise ConfigError(
-                "backend='onnx' supports encoder models (BERT, XLM-RoBERTa, M3) without adapters"
+                f"backend={self.backend!r} supports encoder models (BERT, XLM-RoBERTa, M3) without adapters"
             )
 
     def _load_torch_model(self) -> Any:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -45,6 +46,15 @@ def require_onnxruntime() -> Any:
             "backend='onnx' and quantization='int8' need ONNX Runtime: pip install 'bgekit[onnx]'"
         ) from exc
     return onnxruntime
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes the graph with it)
+    except ImportError as exc:
+        raise ConfigError(
+            "exporting the model needs the onnx package: pip install 'bgekit[openvino]' (or 'bgekit[onnx]')"
+        ) from exc
 
 
 def _cache_folder(model_folder: str, key: str) -> str:
@@ -77,15 +87,22 @@ def calibrated_graph_name(fingerprint: str, task: Task = "feature-extraction") -
     return f"{task}-{fingerprint}-int8-static-{GRAPH_VERSION}.onnx"
 
 
-def export_onnx(model_folder: str, task: Task, quantization: str | None, fingerprint: str) -> str:
+def export_onnx(
+    model_folder: str, task: Task, quantization: str | None, fingerprint: str, fuse: bool = True
+) -> str:
     """Path of the cached ONNX graph for ``model_folder`` (exported, fused and quantised on first use).
 
     ``quantization="int8-static"`` is never built here: it needs calibration texts, so it is the graph
     ``bgekit.inference.calibrate.calibrate_int8`` saved beside the model (an error says how to make it).
+    ``fuse=False`` gives the plain exported graph (standard ONNX operators, attention mask kept) that other
+    runtimes such as OpenVINO read; it needs the ``onnx`` package but not ONNX Runtime.
     """
-    require_onnxruntime()
     if quantization not in (None, "int8", "int8-static"):
         raise ConfigError(f"quantization={quantization!r} is not valid; choose None, 'int8' or 'int8-static'")
+    if fuse or quantization:
+        require_onnxruntime()
+    else:
+        _require_onnx()
     if quantization == "int8-static":
         calibrated = os.path.join(model_folder, "onnx", calibrated_graph_name(fingerprint, task))
         if not os.path.isfile(calibrated):
@@ -95,7 +112,7 @@ def export_onnx(model_folder: str, task: Task, quantization: str | None, fingerp
             )
         return calibrated
     folder = _cache_folder(model_folder, fingerprint)
-    suffix = "int8" if quantization else "fp32"
+    suffix = "int8" if quantization else ("fp32" if fuse else "plain")
     target = os.path.join(folder, f"{task}-{fingerprint}-{suffix}-{GRAPH_VERSION}.onnx")
     if os.path.isfile(target):
         return target
@@ -130,7 +147,7 @@ def export_onnx(model_folder: str, task: Task, quantization: str | None, fingerp
                 dynamo=False,
             )
         current = raw
-        model_type = _FUSABLE.get(getattr(config, "model_type", ""))
+        model_type = _FUSABLE.get(getattr(config, "model_type", "")) if fuse else None
         if model_type:
             from onnxruntime.transformers import optimizer
             from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
@@ -180,6 +197,43 @@ def _remove_superseded(folder: str, task: Task, suffix: str, keep: str) -> None:
         if pattern.fullmatch(name) and path != keep:
             with contextlib.suppress(OSError):
                 os.remove(path)
+
+
+def run_packed(
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    task: Task,
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    real: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Run each group of equal-length rows without its padding; scatter back to the padded layout.
+
+    ``run(input_ids, token_type_ids)`` computes one unpadded group; ``real`` marks the real tokens of the
+    padded batch (left or right padding alike) and ``lengths`` counts them per row.
+
+    Example:
+        >>> ids = torch.tensor([[5, 6, 0], [7, 0, 0]]); real = ids > 0
+        >>> run_packed(lambda i, t: i[..., None].float(), "feature-extraction", ids, ids * 0, real, real.sum(1))[..., 0]
+        tensor([[5., 6., 0.],
+                [7., 0., 0.]])
+    """
+    if not bool(lengths.any()):
+        raise ConfigError("every row of the batch is empty (its attention mask is all zeros)")
+    output: torch.Tensor | None = None
+    for length in lengths[lengths > 0].unique().tolist():
+        rows = (lengths == length).nonzero()  # (g, 1): broadcasts against the positions below
+        positions = real[rows.squeeze(1)].nonzero()[:, 1].view(len(rows), length)
+        result = run(input_ids[rows, positions], token_type_ids[rows, positions])
+        if output is None:
+            rows_shape = input_ids.shape if task == "feature-extraction" else input_ids.shape[:1]
+            output = result.new_zeros((*rows_shape, *result.shape[len(rows_shape) :]))
+        if task == "feature-extraction":
+            output[rows, positions] = result
+        else:
+            output[rows.squeeze(1)] = result
+    assert output is not None
+    return output
 
 
 class OnnxRunner:
@@ -240,23 +294,7 @@ class OnnxRunner:
     def _run_packed(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        """Run each group of equal-length rows without its padding; scatter back to the padded layout."""
-        if not bool(lengths.any()):
-            raise ConfigError("every row of the batch is empty (its attention mask is all zeros)")
-        output: torch.Tensor | None = None
-        for length in lengths[lengths > 0].unique().tolist():
-            rows = (lengths == length).nonzero()  # (g, 1): broadcasts against the positions below
-            positions = real[rows.squeeze(1)].nonzero()[:, 1].view(len(rows), length)
-            result = self._run(input_ids[rows, positions], token_type_ids[rows, positions])
-            if output is None:
-                rows_shape = input_ids.shape if self.task == "feature-extraction" else input_ids.shape[:1]
-                output = result.new_zeros((*rows_shape, *result.shape[len(rows_shape) :]))
-            if self.task == "feature-extraction":
-                output[rows, positions] = result
-            else:
-                output[rows.squeeze(1)] = result
-        assert output is not None
-        return output
+        return run_packed(self._run, self.task, input_ids, token_type_ids, real, lengths)
 
     __call__ = forward
 

@@ -173,7 +173,9 @@ class Reranker(DeviceModel):
 
     def _check_onnx(self) -> None:
         if self.kind != "cross-encoder":
-            raise ConfigError(f"backend='onnx' supports cross-encoders only, not {self.kind!r} rerankers")
+            raise ConfigError(
+                f"backend={self.backend!r} supports cross-encoders only, not {self.kind!r} rerankers"
+            )
 
     def _load_torch_model(self) -> Any:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

@@ -15,6 +15,9 @@ from bgekit.engine import default_token_budget
 from bgekit.errors import ConfigError
 from bgekit.models.loading import resolve_device, resolve_dtype
 
+BACKENDS = ("torch", "onnx", "openvino", "auto")
+"""What runs a model: PyTorch, ONNX Runtime, OpenVINO, or the fastest of them measured on this machine."""
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -25,7 +28,8 @@ class Runtime:
         device: the first of them, where the model loads in single-device mode.
         max_tokens_per_batch: the batching engine's padded-token budget (``None``: no cap).
         quantization: ``None`` or ``"int8"``.
-        backend: ``"torch"``, ``"onnx"``, or ``"auto"`` for the model to measure (see ``autotune``).
+        backend: ``"torch"``, ``"onnx"``, ``"openvino"``, or ``"auto"`` for the model to measure (see
+            ``autotune``).
         dtype: the dtype name that runs on ``device`` (``"fp16"`` asked for on a CPU is ``"fp32"`` here).
         torch_dtype: the same as a torch dtype.
         requested_dtype: the dtype as the caller gave it, passed on to worker processes so that each one
@@ -125,8 +129,10 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
         raise ConfigError(f"quantization={quantization!r} is not valid; choose None, 'int8' or 'int8-static'")
     # int8 runs through ONNX Runtime's maintained dynamic quantisation (not torch.ao's deprecated one)
     backend = kwargs.get("backend") or ("onnx" if quantization else "torch")
-    if backend not in ("torch", "onnx", "auto"):
-        raise ConfigError(f"backend={backend!r} is not valid; choose 'torch', 'onnx' or 'auto'")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not valid; choose 'torch', 'onnx', 'openvino' or 'auto'")
+    if backend in ("onnx", "openvino") and first.type != "cpu":
+        raise ConfigError(f"backend={backend!r} runs on the CPU; use backend='torch' for {first}")
     if backend == "auto" and (quantization or first.type != "cpu"):
         # int8 runs only on ONNX Runtime; accelerators run PyTorch: nothing to measure
         backend = "onnx" if quantization else "torch"

@@ -125,7 +125,8 @@ def choose_dtype(dtype: str | None, device: torch.device, backend: str = "torch"
     ``auto`` means the fastest dtype that keeps embeddings within about 0.999 cosine of fp32: bf16 on GPUs
     that support it (fp16 on older ones), bf16 on CPUs that multiply it at least
     ``AUTO_BF16_MIN_SPEEDUP`` times faster than fp32, fp32 elsewhere. The ONNX backend runs fp32 graphs
-    (``quantization="int8"`` is its fast path), so it accepts only ``fp32`` or ``auto``.
+    (``quantization="int8"`` is its fast path), so it accepts only ``fp32`` or ``auto``; the OpenVINO
+    backend runs fp32 or bf16 (fp16 asked for there runs as fp32, as on PyTorch's CPU path).
 
     Example:
         >>> choose_dtype("auto", torch.device("cpu"), backend="onnx")

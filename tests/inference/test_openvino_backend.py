@@ -1,0 +1,106 @@
+"""The OpenVINO backend: the same outputs as PyTorch fp32 (fp32) or close to them (bf16), never speed."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bgekit import ConfigError, Embedder, Reranker
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def texts(scifact_corpus: list[dict], scifact_queries: list[dict]) -> tuple[list[dict], list[str]]:
+    docs = [{"title": d["title"], "text": d["text"]} for d in scifact_corpus[:60]]
+    return docs, [q["text"] for q in scifact_queries[:40]]
+
+
+def test_fp32_equals_torch_and_bf16_is_close(minilm_copy: str, texts: tuple) -> None:
+    """Real MiniLM on SciFact documents (padded batches) and queries (packed batches)."""
+    torch_model = Embedder(minilm_copy, device="cpu", passage_max_length=512)
+    docs_ref, queries_ref = torch_model.encode_corpus(texts[0]), torch_model.encode_queries(texts[1])
+    fp32 = Embedder(minilm_copy, device="cpu", backend="openvino", dtype="fp32", passage_max_length=512)
+    assert (fp32.backend, fp32.dtype) == ("openvino", "fp32")
+    assert any(p.name.endswith("-plain-v2.onnx") for p in (Path(minilm_copy) / "onnx").iterdir())
+    np.testing.assert_allclose(fp32.encode_corpus(texts[0]), docs_ref, atol=1e-5)
+    np.testing.assert_allclose(fp32.encode_queries(texts[1]), queries_ref, atol=1e-5)
+    bf16 = Embedder(minilm_copy, device="cpu", backend="openvino", dtype="bf16", passage_max_length=512)
+    assert float((bf16.encode_corpus(texts[0]) * docs_ref).sum(1).min()) >= 0.999
+    assert float((bf16.encode_queries(texts[1]) * queries_ref).sum(1).min()) >= 0.999
+
+
+def test_padded_and_packed_batches_agree(minilm_copy: str, texts: tuple) -> None:
+    """A batch runs padded (mask fed) or packed (no padding) by its share of padding: same rows either way."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from bgekit.inference.embedder import file_fingerprint
+    from bgekit.inference.onnx_backend import export_onnx
+    from bgekit.inference.openvino_backend import PACK_ABOVE_PADDING, OpenVinoRunner
+
+    path = export_onnx(
+        minilm_copy, "feature-extraction", None, file_fingerprint(minilm_copy)[:16], fuse=False
+    )
+    runner = OpenVinoRunner(path, "feature-extraction", "fp32")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_copy)
+    mixed = ["x", texts[1][0], "a short one", texts[0][0]["text"][:300]]  # mostly padding: packed
+    even = [texts[1][1], texts[1][1] + " again"]  # almost no padding: padded, mask fed
+    for batch_texts in (mixed, even):
+        for side in ("right", "left"):
+            tokenizer.padding_side = side
+            batch = tokenizer(batch_texts, padding=True, return_tensors="pt")
+            padding = 1 - float(batch["attention_mask"].sum()) / batch["attention_mask"].numel()
+            assert (padding > PACK_ABOVE_PADDING) == (batch_texts is mixed)  # left padding is packed too
+            out = runner(**batch).last_hidden_state
+            for row, text in enumerate(batch_texts):
+                alone = runner(**tokenizer([text], return_tensors="pt")).last_hidden_state[0]
+                real = batch["attention_mask"][row].bool()
+                torch.testing.assert_close(out[row][real], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_cross_encoder_on_openvino(
+    minilm_cross_encoder: str, scifact_corpus: list, scifact_queries: list
+) -> None:
+    pairs = [(q["text"], d["text"]) for q, d in zip(scifact_queries[:40], scifact_corpus[:40], strict=True)]
+    ref = np.asarray(Reranker(minilm_cross_encoder, device="cpu").compute_score(pairs))
+    fp32 = Reranker(minilm_cross_encoder, device="cpu", backend="openvino")
+    np.testing.assert_allclose(np.asarray(fp32.compute_score(pairs)), ref, atol=1e-4)
+    bf16 = Reranker(minilm_cross_encoder, device="cpu", backend="openvino", dtype="bf16")
+    assert np.corrcoef(np.asarray(bf16.compute_score(pairs)), ref)[0, 1] >= 0.99
+
+
+def test_m3_heads_on_openvino(tmp_path: Path, tiny_m3_dir: str, scifact_corpus: list[dict]) -> None:
+    """XLM-RoBERTa through OpenVINO fp32: dense, sparse and ColBERT outputs equal PyTorch's."""
+    folder = tmp_path / "m3"
+    shutil.copytree(tiny_m3_dir, folder)
+    docs = [d["text"][: 40 + 37 * i] for i, d in enumerate(scifact_corpus[:24])]
+    flags = dict(return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    ref = Embedder(str(folder), device="cpu", passage_max_length=128).encode(docs, **flags)
+    out = Embedder(str(folder), device="cpu", backend="openvino", passage_max_length=128).encode(
+        docs, **flags
+    )
+    np.testing.assert_allclose(out["dense_vecs"], ref["dense_vecs"], atol=1e-5)
+    for mine, theirs in zip(out["lexical_weights"], ref["lexical_weights"], strict=True):
+        assert mine.keys() == theirs.keys()
+        np.testing.assert_allclose([mine[k] for k in theirs], [theirs[k] for k in theirs], atol=1e-5)
+    for mine, theirs in zip(out["colbert_vecs"], ref["colbert_vecs"], strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def test_bad_requests_name_the_problem(
+    minilm_copy: str, decoder_dirs: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="runs on backend='onnx'"):
+        Embedder(minilm_copy, backend="openvino", quantization="int8")
+    with pytest.raises(ConfigError, match="'torch', 'onnx', 'openvino' or 'auto'"):
+        Embedder(minilm_copy, backend="tensorrt")
+    with pytest.raises(ConfigError, match="backend='openvino' supports encoder models"):
+        Embedder(decoder_dirs[("llama", "left")], backend="openvino", kind="decoder")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'bgekit\[openvino\]'"):
+        Embedder(minilm_copy, backend="openvino").encode_queries(["a question"])
