@@ -50,6 +50,8 @@ RERANK_PEERS = {
     "st-ce-onnx-fp32": "st-onnx",
     "st-ce-onnx-int8": "st-onnx",
     "st-ce-openvino-fp32": "st-openvino",
+    "st-ce-openvino-default": "st-openvino",
+    "st-ce-openvino-int8-static": "st-openvino",
 }
 CALIBRATION_SAMPLES = 300
 """Texts for a static int8 peer's calibration (optimum-intel's default sample size)."""
@@ -214,6 +216,8 @@ def load_cross_encoder(path: str, model: str, threads: int, max_length: int) -> 
     kwargs = _onnx_session_kwargs(threads) if family == "st-onnx" else _ov_kwargs(threads, path)
     if path == "st-ce-onnx-int8":
         kwargs["file_name"] = f"model_qint8_{onnx_quantization_config()}.onnx"
+    if path == "st-ce-openvino-int8-static":
+        kwargs["file_name"] = "openvino_model_qint8_quantized.xml"
     backend = "onnx" if family == "st-onnx" else "openvino"
     ce = CrossEncoder(folder, device="cpu", backend=backend, max_length=max_length, model_kwargs=kwargs)
 

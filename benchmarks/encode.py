@@ -12,7 +12,8 @@ fp32 and its dynamic int8 graph (``export_dynamic_quantized_onnx_model``, config
 flags), ``backend="openvino"`` fp32 (precision hint f32), with OpenVINO's default precision (``-default``: bf16 on
 CPUs with AMX or AVX512-BF16) and OpenVINO static int8 (ST's ``export_static_quantized_openvino_model``
 with its calibration set replaced by local SciFact texts that are not timed), and FastEmbed on the graph
-sentence-transformers exported. bgekit's ``bgekit-onnx-int8-static`` is calibrated on the same texts. Each
+sentence-transformers exported. bgekit's ``bgekit-onnx-int8-static`` is calibrated on the same texts;
+``bgekit-openvino-fp32`` and ``-bf16`` run bgekit's engine on OpenVINO (``backend="openvino"``). Each
 path is shown against sentence-transformers fp32 and against the fastest peer path of the run.
 ``bgekit-auto`` is ``backend="auto", dtype="auto"`` (its one-off measurement at load is not timed); the last
 line says what it chose and how fast it runs against the fastest bgekit path at cosine >= 0.995 to fp32.
@@ -65,6 +66,8 @@ PATHS = [
     "bgekit-onnx-fp32",
     "bgekit-onnx-int8",
     "bgekit-onnx-int8-static",
+    "bgekit-openvino-fp32",
+    "bgekit-openvino-bf16",
     "bgekit-auto",
 ]
 GPU_PATHS = ["st-fp16", "flag-fp16", "bgekit-fp32", "bgekit-fp16", "bgekit-bf16"]
@@ -167,6 +170,8 @@ def worker(args: argparse.Namespace) -> None:
             "bgekit-bf16": {"dtype": "bf16"},
             "bgekit-onnx-fp32": {"backend": "onnx"},
             "bgekit-onnx-int8": {"quantization": "int8"},
+            "bgekit-openvino-fp32": {"backend": "openvino", "dtype": "fp32"},
+            "bgekit-openvino-bf16": {"backend": "openvino", "dtype": "bf16"},
             # chosen at load (not timed), from a measurement cached under .bench/auto-cache
             "bgekit-auto": {"backend": "auto", "dtype": "auto"},
         }[name]
@@ -188,7 +193,11 @@ def worker(args: argparse.Namespace) -> None:
         np.save(args.out + ".queries.npy", np.asarray(encode(extra_queries, queries=True), dtype=np.float32))
     memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
     chose = getattr(locals().get("model"), "auto_choice", None)
-    chosen = f"bgekit-{chose.backend}-{chose.dtype}" if chose is not None else None
+    chosen = None
+    if chose is not None:
+        chosen = (
+            f"bgekit-{chose.dtype}" if chose.backend == "torch" else f"bgekit-{chose.backend}-{chose.dtype}"
+        )
     print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": memory, "chose": chosen}))
 
 

@@ -12,8 +12,10 @@ batch size, in one run of this script:
 
 Beside them, sentence-transformers' own fast paths (``--peers``): ``CrossEncoder(backend="onnx")`` fp32, its
 dynamic int8 graph (``export_dynamic_quantized_onnx_model`` with the config this CPU's flags call for:
-avx512_vnni, avx512, avx2 or arm64) and ``backend="openvino"`` fp32, each installed in its own virtual
-environment under .bench/ and timed in its own process; one that cannot be installed is skipped with a line
+avx512_vnni, avx512, avx2 or arm64), ``backend="openvino"`` fp32 (precision hint f32), with OpenVINO's
+default precision (``-default``: bf16 on CPUs with AMX or AVX512-BF16) and OpenVINO static int8
+(``export_static_quantized_openvino_model``, calibrated on 300 SciFact passages that no timed pair
+contains), each installed in its own virtual environment under .bench/ and timed in its own process; one that cannot be installed is skipped with a line
 saying why. Every path is also held against the fastest peer of the run ("vs best peer").
 
 Scores are checked against FlagEmbedding's (same tokenization, so equal within float noise);
@@ -50,12 +52,24 @@ from _common import (  # noqa: E402
     measure_peaks,
     peak_rss_mb,
 )
-from _peers import RERANK_PEERS, run_peer  # noqa: E402
+from _peers import CALIBRATION_SAMPLES, RERANK_PEERS, run_peer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data" / "scifact"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+FAST_PATHS: dict[str, dict[str, str]] = {
+    "bf16": {"dtype": "bf16"},
+    "onnx-fp32": {"backend": "onnx"},
+    "onnx-int8": {"quantization": "int8"},
+    "openvino-fp32": {"backend": "openvino", "dtype": "fp32"},
+    "openvino-bf16": {"backend": "openvino", "dtype": "bf16"},
+    # chosen at load from a one-off measurement (not timed), cached under .bench/auto-cache
+    "auto": {"backend": "auto", "dtype": "auto"},
+}
+"""bgekit's paths timed beside fp32, as Reranker arguments."""
 
 
 def load_pairs(n: int) -> list[tuple[str, str]]:
@@ -65,6 +79,14 @@ def load_pairs(n: int) -> list[tuple[str, str]]:
     with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
         docs = [f"{row['title']} {row['text']}" for row in map(json.loads, handle)]
     return [(queries[i // 50], docs[(i * 37) % len(docs)]) for i in range(n)]
+
+
+def calibration_texts(n: int) -> list[str]:
+    """Passages for the static int8 peer's calibration that none of the ``n`` timed pairs contains."""
+    with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
+        docs = [f"{row['title']} {row['text']}" for row in map(json.loads, handle)]
+    used = {(i * 37) % len(docs) for i in range(n)}
+    return [d for i, d in enumerate(docs) if i not in used][-CALIBRATION_SAMPLES:]
 
 
 def build_cross_encoder(folder: Path) -> str:
@@ -95,8 +117,8 @@ def main() -> None:
     parser.add_argument(
         "--fast-paths",
         nargs="*",
-        default=["bf16", "onnx-fp32", "onnx-int8", "auto"],
-        choices=["bf16", "onnx-fp32", "onnx-int8", "auto"],
+        default=list(FAST_PATHS),
+        choices=list(FAST_PATHS),
         help="bgekit's fast paths timed beside fp32 (none: fp32 only)",
     )
     parser.add_argument(
@@ -133,7 +155,7 @@ def peer_worker(args: argparse.Namespace) -> None:
     import _peers
 
     if args.prepare:
-        _peers.prepare(args.worker, args.model, [], cross_encoder=True)
+        _peers.prepare(args.worker, args.model, calibration_texts(args.pairs), cross_encoder=True)
         print("{}")
         return
     pairs = load_pairs(args.pairs)
@@ -291,13 +313,7 @@ def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) ->
         ("FlagEmbedding FlagReranker fp32", flag_s, agreement(flag_scores, ours_scores)),
         ("bgekit Reranker fp32", ours_s, "-"),
     ]
-    fast = {
-        "bf16": {"dtype": "bf16"},
-        "onnx-fp32": {"backend": "onnx"},
-        "onnx-int8": {"quantization": "int8"},
-        # chosen at load from a one-off measurement (not timed), cached under .bench/auto-cache
-        "auto": {"backend": "auto", "dtype": "auto"},
-    }
+    fast = FAST_PATHS
     os.environ.setdefault(
         "BGEKIT_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".bench" / "auto-cache")
     )

@@ -12,6 +12,7 @@ library's.
 Example:
     python benchmarks/serve.py                      # bgekit and infinity, both workloads
     python benchmarks/serve.py --peers none --levels 1 16
+    python benchmarks/serve.py --backend openvino   # bgekit (and the library) on OpenVINO fp32
 """
 
 from __future__ import annotations
@@ -114,11 +115,12 @@ class Server:
         self.log.close()
 
 
-def start_bgekit(model: str, threads: int) -> Server:
+def start_bgekit(model: str, threads: int, backend: str) -> Server:
     port = free_port()
     env = server_env(threads)
     command = [sys.executable, "-m", "bgekit.cli.main", "serve", "--model", model, "--port", str(port)]
     command += ["--max-concurrent-requests", "1024", "--request-timeout", "600"]
+    command += ["--backend", backend, "--dtype", "fp32"]
     return Server("bgekit", command, port, "/v1/embeddings", env)
 
 
@@ -208,15 +210,16 @@ def load(server: Server, batches: list[list[str]], concurrency: int, poll_health
     }
 
 
-def library_rate(model: str, texts: list[str], threads: int) -> tuple[float, np.ndarray]:
-    """The library encoding ``texts`` in one call (a fresh process, same threads): texts/s and vectors."""
+def library_rate(model: str, texts: list[str], threads: int, backend: str) -> tuple[float, np.ndarray]:
+    """The library encoding ``texts`` in one call (a fresh process, same threads, same backend as the
+    server, fp32): texts/s and vectors."""
     out = REPO / ".bench" / "library-vectors.npy"
     code = (
         "import sys, time, numpy as np, json, torch\n"
         f"torch.set_num_threads({threads})\n"
         "from bgekit import Embedder\n"
         f"texts = json.load(open({str(REPO / '.bench' / 'texts.json')!r}))\n"
-        f"model = Embedder({model!r}, device='cpu')\n"
+        f"model = Embedder({model!r}, device='cpu', backend={backend!r}, dtype='fp32')\n"
         "model.encode(texts[:64])\n"
         "started = time.perf_counter(); vectors = model.encode(texts); wall = time.perf_counter() - started\n"
         f"np.save({str(out)!r}, vectors); print(len(texts) / wall)\n"
@@ -250,6 +253,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--infinity-batch-size", type=int, default=32, help="infinity's default")
     parser.add_argument("--requests", type=int, default=16, help="document requests per level (at least)")
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "openvino"],
+        default="torch",
+        help="what runs bgekit's model, fp32 in every case (the library baseline uses the same)",
+    )
     args = parser.parse_args()
     model = args.model or default_model_path()
     (REPO / ".bench").mkdir(exist_ok=True)
@@ -271,16 +280,19 @@ def main() -> None:
     print(
         f"# {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores visible, {args.threads} threads per server"
     )
-    print(f"# model {Path(model).name}, fp32; {len(every_text)} distinct SciFact texts; loopback only")
+    print(
+        f"# model {Path(model).name}, fp32 (bgekit on {args.backend}, infinity on torch); "
+        f"{len(every_text)} distinct SciFact texts; loopback only"
+    )
     print("library: encoding every text in one call ...", flush=True)
     rates, reference = {}, {}
     for workload in args.workloads:
         texts = sorted({t for b in plans[workload].values() for batch in b for t in batch})
-        rate, vectors = library_rate(model, texts, args.threads)
+        rate, vectors = library_rate(model, texts, args.threads, args.backend)
         rates[workload] = rate
         reference.update(zip(texts, vectors, strict=True))
 
-    starters = {"bgekit": lambda: start_bgekit(model, args.threads)}
+    starters = {"bgekit": lambda: start_bgekit(model, args.threads, args.backend)}
     if "infinity" in args.peers:
         starters["infinity"] = lambda: start_infinity(model, args.threads, args.infinity_batch_size)
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
