@@ -34,33 +34,46 @@ def test_fp32_equals_torch_and_bf16_is_close(minilm_copy: str, texts: tuple) -> 
     assert float((bf16.encode_queries(texts[1]) * queries_ref).sum(1).min()) >= 0.999
 
 
-def test_padded_and_packed_batches_agree(minilm_copy: str, texts: tuple) -> None:
-    """A batch runs padded (mask fed) or packed (no padding) by its share of padding: same rows either way."""
+def test_padded_and_packed_batches_agree(
+    minilm_copy: str, texts: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch runs padded (mask fed) or packed (no padding): each row gets what it gets alone either way."""
     import torch
     from transformers import AutoTokenizer
 
+    from bgekit.inference import openvino_backend
     from bgekit.inference.embedder import file_fingerprint
     from bgekit.inference.onnx_backend import export_onnx
-    from bgekit.inference.openvino_backend import PACK_ABOVE_PADDING, OpenVinoRunner
 
+    packed: list[int] = []
+    real_packed = openvino_backend.run_packed
+    monkeypatch.setattr(
+        openvino_backend,
+        "run_packed",
+        lambda *a: packed.append(1) or real_packed(*a),  # type: ignore[func-returns-value]
+    )
     path = export_onnx(
         minilm_copy, "feature-extraction", None, file_fingerprint(minilm_copy)[:16], fuse=False
     )
-    runner = OpenVinoRunner(path, "feature-extraction", "fp32")
+    runner = openvino_backend.OpenVinoRunner(path, "feature-extraction", "fp32")
     tokenizer = AutoTokenizer.from_pretrained(minilm_copy)
-    mixed = ["x", texts[1][0], "a short one", texts[0][0]["text"][:300]]  # mostly padding: packed
-    even = [texts[1][1], texts[1][1] + " again"]  # almost no padding: padded, mask fed
-    for batch_texts in (mixed, even):
-        for side in ("right", "left"):
-            tokenizer.padding_side = side
-            batch = tokenizer(batch_texts, padding=True, return_tensors="pt")
-            padding = 1 - float(batch["attention_mask"].sum()) / batch["attention_mask"].numel()
-            assert (padding > PACK_ABOVE_PADDING) == (batch_texts is mixed)  # left padding is packed too
-            out = runner(**batch).last_hidden_state
-            for row, text in enumerate(batch_texts):
-                alone = runner(**tokenizer([text], return_tensors="pt")).last_hidden_state[0]
-                real = batch["attention_mask"][row].bool()
-                torch.testing.assert_close(out[row][real], alone, atol=1e-4, rtol=1e-4)
+    query, passage = texts[1][0], texts[0][0]["text"][:300]
+    cases = {  # texts, side -> packed?
+        "many rows of two lengths, much padding": ([query] * 8 + [passage] * 8, "right", True),
+        "a few rows of many lengths": (["x", query, "a short one", passage], "right", False),
+        "little padding": ([texts[1][1], texts[1][1] + " again"], "right", False),
+        "left padding (position ids)": ([texts[1][1], texts[1][1] + " again"], "left", True),
+    }
+    for case, (batch_texts, side, want_packed) in cases.items():
+        tokenizer.padding_side = side
+        batch = tokenizer(batch_texts, padding=True, return_tensors="pt")
+        packed.clear()
+        out = runner(**batch).last_hidden_state
+        assert bool(packed) == want_packed, case
+        for row, text in enumerate(batch_texts):
+            alone = runner(**tokenizer([text], return_tensors="pt")).last_hidden_state[0]
+            real = batch["attention_mask"][row].bool()
+            torch.testing.assert_close(out[row][real], alone, atol=1e-4, rtol=1e-4)
 
 
 def test_cross_encoder_on_openvino(
