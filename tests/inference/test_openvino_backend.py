@@ -117,3 +117,41 @@ def test_bad_requests_name_the_problem(
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
     with pytest.raises(ConfigError, match=r"pip install 'bgekit\[openvino\]'"):
         Embedder(minilm_copy, backend="openvino").encode_queries(["a question"])
+
+
+def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
+    """`bgekit serve --backend openvino`: the server's model thread runs OpenVINO, answers equal the library's."""
+    import argparse
+
+    from fastapi.testclient import TestClient
+
+    from bgekit.cli.serve import add_arguments, build_app
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = [
+        "--model",
+        minilm_copy,
+        "--reranker",
+        minilm_cross_encoder,
+        "--backend",
+        "openvino",
+        "--dtype",
+        "fp32",
+    ]
+    app = build_app(parser.parse_args(args))
+    texts = ["a short query", "a longer passage about retrieval and the vectors that serve it " * 5]
+    with TestClient(app, base_url="http://localhost") as client:
+        assert client.get("/info").json()["model"]["backend"] == "openvino"
+        vectors = client.post("/embed", json={"inputs": texts}).json()
+        ranked = client.post(
+            "/rerank", json={"query": "what serves vectors?", "texts": texts, "raw_scores": True}
+        )
+    np.testing.assert_allclose(
+        np.asarray(vectors), Embedder(minilm_copy, device="cpu").encode_corpus(texts), atol=1e-5
+    )
+    want = Reranker(minilm_cross_encoder, device="cpu").compute_score(
+        [("what serves vectors?", t) for t in texts]
+    )
+    got = {row["index"]: row["score"] for row in ranked.json()}
+    np.testing.assert_allclose([got[0], got[1]], want, atol=1e-4)

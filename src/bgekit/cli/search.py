@@ -71,7 +71,8 @@ def second_stage(args: argparse.Namespace, index: Any) -> Any:
         return M3Rescorer(index.embedder)
     if not args.reranker:
         return None
-    return Reranker(args.reranker, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    backend = getattr(args, "backend", None)  # serve's --backend runs both models
+    return Reranker(args.reranker, dtype=args.dtype, backend=backend, trust_remote_code=args.trust_remote_code)
 
 
 def open_searchable(args: argparse.Namespace) -> Any:
