@@ -72,7 +72,9 @@ def second_stage(args: argparse.Namespace, index: Any) -> Any:
     if not args.reranker:
         return None
     backend = getattr(args, "backend", None)  # serve's --backend runs both models
-    return Reranker(args.reranker, dtype=args.dtype, backend=backend, trust_remote_code=args.trust_remote_code)
+    return Reranker(
+        args.reranker, dtype=args.dtype, backend=backend, trust_remote_code=args.trust_remote_code
+    )
 
 
 def open_searchable(args: argparse.Namespace) -> Any:
