@@ -199,6 +199,23 @@ def _remove_superseded(folder: str, task: Task, suffix: str, keep: str) -> None:
                 os.remove(path)
 
 
+def batch_on_cpu(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A runner's inputs on the CPU: ids, token types (zeros when absent), real-token mask, lengths.
+
+    Example:
+        >>> batch_on_cpu(torch.tensor([[5, 6, 0]]), torch.tensor([[1, 1, 0]]), None)[3]
+        tensor([2])
+    """
+    input_ids = input_ids.cpu()
+    token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.cpu()
+    real = (
+        torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.cpu() > 0
+    )
+    return input_ids, token_type_ids, real, real.sum(1)
+
+
 def run_packed(
     run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     task: Task,
@@ -265,14 +282,7 @@ class OnnxRunner:
     ) -> SimpleNamespace:
         if input_ids is None:
             raise ConfigError("the ONNX runner needs input_ids")
-        input_ids = input_ids.cpu()
-        token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.cpu()
-        real = (
-            torch.ones_like(input_ids, dtype=torch.bool)
-            if attention_mask is None
-            else attention_mask.cpu() > 0
-        )
-        lengths = real.sum(1)
+        input_ids, token_type_ids, real, lengths = batch_on_cpu(input_ids, attention_mask, token_type_ids)
         if bool((lengths == input_ids.shape[1]).all()):
             output = self._run(input_ids, token_type_ids)
         else:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bgekit.errors import ConfigError, ModelLoadError
-from bgekit.inference.onnx_backend import Task, run_packed
+from bgekit.inference.onnx_backend import Task, batch_on_cpu, run_packed
 
 PACK_ABOVE_PADDING = 0.1
 """Run a batch packed (equal-length groups, no padding) when more than this share of its tokens is padding..."""
@@ -93,14 +93,7 @@ class OpenVinoRunner:
     ) -> SimpleNamespace:
         if input_ids is None:
             raise ConfigError("the OpenVINO runner needs input_ids")
-        input_ids = input_ids.cpu()
-        token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.cpu()
-        real = (
-            torch.ones_like(input_ids, dtype=torch.bool)
-            if attention_mask is None
-            else attention_mask.cpu() > 0
-        )
-        lengths = real.sum(1)
+        input_ids, token_type_ids, real, lengths = batch_on_cpu(input_ids, attention_mask, token_type_ids)
         padding = 1.0 - float(lengths.sum()) / max(input_ids.numel(), 1)
         # left padding would shift the position ids of an encoder (it counts from the first column): pack it
         right_padded = bool((real == (torch.arange(real.shape[1]) < lengths[:, None])).all())
