@@ -253,7 +253,47 @@ def run_packed(
     return output
 
 
-class OnnxRunner:
+class GraphRunner:
+    """What the ONNX Runtime and OpenVINO runners share: called like a ``transformers`` model on the CPU.
+
+    A subclass sets ``task`` and ``backend`` and implements ``_compute`` (one padded batch on the CPU, with its
+    real-token mask and lengths, to the output tensor).
+    """
+
+    task: Task
+    backend: str
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> SimpleNamespace:
+        if input_ids is None:
+            raise ConfigError(f"backend={self.backend!r} needs input_ids")
+        output = self._compute(*batch_on_cpu(input_ids, attention_mask, token_type_ids))
+        if self.task == "feature-extraction":
+            return SimpleNamespace(last_hidden_state=output)
+        return SimpleNamespace(logits=output)
+
+    __call__ = forward
+
+    def _compute(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to(self, device: Any) -> GraphRunner:
+        if torch.device(device).type != "cpu":
+            raise ConfigError(f"backend={self.backend!r} runs on the CPU; use backend='torch' for GPUs")
+        return self
+
+    def eval(self) -> GraphRunner:
+        return self
+
+
+class OnnxRunner(GraphRunner):
     """An ONNX Runtime session called like a ``transformers`` model.
 
     Example:
@@ -270,26 +310,14 @@ class OnnxRunner:
             path, options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_SESSION_OPTIMIZERS
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.task = task
-        self.path = path
+        self.task, self.path, self.backend = task, path, "onnx"
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> SimpleNamespace:
-        if input_ids is None:
-            raise ConfigError("the ONNX runner needs input_ids")
-        input_ids, token_type_ids, real, lengths = batch_on_cpu(input_ids, attention_mask, token_type_ids)
+    def _compute(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
         if bool((lengths == input_ids.shape[1]).all()):
-            output = self._run(input_ids, token_type_ids)
-        else:
-            output = self._run_packed(input_ids, token_type_ids, real, lengths)
-        if self.task == "feature-extraction":
-            return SimpleNamespace(last_hidden_state=output)
-        return SimpleNamespace(logits=output)
+            return self._run(input_ids, token_type_ids)
+        return run_packed(self._run, self.task, input_ids, token_type_ids, real, lengths)
 
     def _run(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         given = {"input_ids": input_ids, "token_type_ids": token_type_ids}
@@ -300,18 +328,3 @@ class OnnxRunner:
             for name in self.input_names  # an unfused graph still takes attention_mask: all ones when packed
         }
         return torch.from_numpy(self.session.run(None, feed)[0])
-
-    def _run_packed(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
-        return run_packed(self._run, self.task, input_ids, token_type_ids, real, lengths)
-
-    __call__ = forward
-
-    def to(self, device: Any) -> OnnxRunner:
-        if torch.device(device).type != "cpu":
-            raise ConfigError("backend='onnx' runs on the CPU; use backend='torch' for GPUs")
-        return self
-
-    def eval(self) -> OnnxRunner:
-        return self

@@ -17,14 +17,13 @@ packed: an encoder counts position ids from the first column, so left padding wo
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
 from bgekit.errors import ConfigError, ModelLoadError
-from bgekit.inference.onnx_backend import Task, batch_on_cpu, run_packed
+from bgekit.inference.onnx_backend import GraphRunner, Task, run_packed
 
 PACK_ABOVE_PADDING = 0.1
 """Run a batch packed (equal-length groups, no padding) when more than this share of its tokens is padding..."""
@@ -43,7 +42,7 @@ def require_openvino() -> Any:
     return openvino
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(GraphRunner):
     """An OpenVINO model compiled for the CPU, called like a ``transformers`` model.
 
     Args:
@@ -75,7 +74,7 @@ class OpenVinoRunner:
         except RuntimeError as exc:
             raise ModelLoadError(f"OpenVINO could not compile {path!r} for the CPU: {exc}") from exc
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        self.task, self.path, self.dtype = task, path, dtype
+        self.task, self.path, self.dtype, self.backend = task, path, dtype, "openvino"
         self._local = threading.local()  # an infer request serves one call at a time: one per thread
 
     def _request(self) -> Any:
@@ -84,28 +83,17 @@ class OpenVinoRunner:
             request = self._local.request = self.compiled.create_infer_request()
         return request
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> SimpleNamespace:
-        if input_ids is None:
-            raise ConfigError("the OpenVINO runner needs input_ids")
-        input_ids, token_type_ids, real, lengths = batch_on_cpu(input_ids, attention_mask, token_type_ids)
+    def _compute(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
         padding = 1.0 - float(lengths.sum()) / max(input_ids.numel(), 1)
         # left padding would shift the position ids of an encoder (it counts from the first column): pack it
         right_padded = bool((real == (torch.arange(real.shape[1]) < lengths[:, None])).all())
         calls = int(lengths[lengths > 0].unique().numel())  # one call per distinct length when packed
         worth_packing = padding > PACK_ABOVE_PADDING and calls * MIN_ROWS_PER_PACKED_CALL <= len(lengths)
         if worth_packing or not right_padded:
-            output = run_packed(self._run, self.task, input_ids, token_type_ids, real, lengths)
-        else:
-            output = self._run(input_ids, token_type_ids, real)
-        if self.task == "feature-extraction":
-            return SimpleNamespace(last_hidden_state=output)
-        return SimpleNamespace(logits=output)
+            return run_packed(self._run, self.task, input_ids, token_type_ids, real, lengths)
+        return self._run(input_ids, token_type_ids, real)
 
     def _run(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor | None = None
@@ -118,13 +106,3 @@ class OpenVinoRunner:
         }
         result = self._request().infer({name: given[name] for name in self.input_names})
         return torch.from_numpy(np.asarray(result[0], dtype=np.float32))
-
-    __call__ = forward
-
-    def to(self, device: Any) -> OpenVinoRunner:
-        if torch.device(device).type != "cpu":
-            raise ConfigError("backend='openvino' runs on the CPU; use backend='torch' for GPUs")
-        return self
-
-    def eval(self) -> OpenVinoRunner:
-        return self
