@@ -5,7 +5,9 @@ this script into its own virtual environment under .bench/, torch engine, same l
 threads) and each concurrency level (1, 4, 16, 64), clients send OpenAI-shaped embedding requests of SciFact
 queries (4 per request) or documents (32 per request) and the script prints texts/s, p50/p99 latency, the
 ratio to the library encoding the same texts in one call, and the ratio to infinity. During the highest
-level a separate process polls /health every 50 ms, as a real health check does; its p99 is printed. Peak
+level a separate process polls /health every 50 ms, as a real health check does; its p99 is printed. Each
+level starts with an untimed warm-up (two query requests per client, or up to four document requests:
+connections, the model's first shapes), then times at least 32 query requests per client (at least 256 in all) or the document requests. Peak
 resident memory of each server process is read from /proc. Quality beside each figure: the minimum cosine between the vectors a server returned and the
 library's.
 
@@ -13,6 +15,7 @@ Example:
     python benchmarks/serve.py                      # bgekit and infinity, both workloads
     python benchmarks/serve.py --peers none --levels 1 16
     python benchmarks/serve.py --backend openvino   # bgekit (and the library) on OpenVINO fp32
+    python benchmarks/serve.py --backend openvino --streams 2   # two groups at once, a thread each
 """
 
 from __future__ import annotations
@@ -115,12 +118,12 @@ class Server:
         self.log.close()
 
 
-def start_bgekit(model: str, threads: int, backend: str) -> Server:
+def start_bgekit(model: str, threads: int, backend: str, streams: int) -> Server:
     port = free_port()
     env = server_env(threads)
     command = [sys.executable, "-m", "bgekit.cli.main", "serve", "--model", model, "--port", str(port)]
     command += ["--max-concurrent-requests", "1024", "--request-timeout", "600"]
-    command += ["--backend", backend, "--dtype", "fp32"]
+    command += ["--backend", backend, "--dtype", "fp32", "--streams", str(streams)]
     return Server("bgekit", command, port, "/v1/embeddings", env)
 
 
@@ -259,6 +262,9 @@ def main() -> None:
         default="torch",
         help="what runs bgekit's model, fp32 in every case (the library baseline uses the same)",
     )
+    parser.add_argument(
+        "--streams", type=int, default=1, help="bgekit serve --streams (with --backend openvino)"
+    )
     args = parser.parse_args()
     model = args.model or default_model_path()
     (REPO / ".bench").mkdir(exist_ok=True)
@@ -272,7 +278,7 @@ def main() -> None:
         size, pool = WORKLOADS[workload], pools[workload]
         plans[workload] = {}
         for level in args.levels:
-            count = max(level, args.requests) if workload == "documents" else max(16 * level, 128)
+            count = max(level, args.requests) if workload == "documents" else max(32 * level, 256)
             plans[workload][level] = [
                 [pool[(r * size + j) % len(pool)] for j in range(size)] for r in range(count)
             ]
@@ -281,7 +287,7 @@ def main() -> None:
         f"# {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores visible, {args.threads} threads per server"
     )
     print(
-        f"# model {Path(model).name}, fp32 (bgekit on {args.backend}, infinity on torch); "
+        f"# model {Path(model).name}, fp32 (bgekit on {args.backend}, {args.streams} stream(s), infinity on torch); "
         f"{len(every_text)} distinct SciFact texts; loopback only"
     )
     print("library: encoding every text in one call ...", flush=True)
@@ -292,7 +298,7 @@ def main() -> None:
         rates[workload] = rate
         reference.update(zip(texts, vectors, strict=True))
 
-    starters = {"bgekit": lambda: start_bgekit(model, args.threads, args.backend)}
+    starters = {"bgekit": lambda: start_bgekit(model, args.threads, args.backend, args.streams)}
     if "infinity" in args.peers:
         starters["infinity"] = lambda: start_infinity(model, args.threads, args.infinity_batch_size)
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -302,10 +308,10 @@ def main() -> None:
         try:
             server.wait_ready()
             for workload in args.workloads:
-                warm = plans[workload][args.levels[0]][:2]
-                load(server, warm, 1, False)
                 for level in args.levels:
                     print(f"{name}: {workload} at concurrency {level} ...", flush=True)
+                    warm = 2 * level if workload == "queries" else min(level, 4)
+                    load(server, plans[workload][level][:warm], level, False)  # warm-up, untimed
                     results[(name, workload, level)] = load(
                         server, plans[workload][level], level, level == max(args.levels)
                     )

@@ -105,6 +105,30 @@ def test_m3_heads_on_openvino(tmp_path: Path, tiny_m3_dir: str, scifact_corpus: 
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
 
 
+def test_two_streams_run_calls_at_once_with_the_same_outputs(minilm_copy: str, texts: tuple) -> None:
+    """``set_streams(2)``: two threads encode at once on two OpenVINO streams; rows equal one stream's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("two streams need two threads")
+    model = Embedder(minilm_copy, device="cpu", backend="openvino", dtype="fp32")
+    queries = texts[1]
+    want = model.encode_queries(queries)
+    model.set_streams(2)
+    assert model.model.compiled.get_property("NUM_STREAMS") == 2
+    chunks = [queries[i : i + 5] for i in range(0, len(queries), 5)]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(model.encode_queries, chunks))
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+    threads = torch.get_num_threads()
+    with pytest.raises(ConfigError, match=f"streams={threads + 1} is not valid; expected 1 to {threads}"):
+        model.set_streams(threads + 1)
+    with pytest.raises(ConfigError, match="streams=2 needs backend='openvino'"):
+        Embedder(minilm_copy, device="cpu").set_streams(2)
+
+
 def test_bad_requests_name_the_problem(
     minilm_copy: str, decoder_dirs: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,6 +146,7 @@ def test_bad_requests_name_the_problem(
 def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
     """`bgekit serve --backend openvino`: the server's model thread runs OpenVINO, answers equal the library's."""
     import argparse
+    from concurrent.futures import ThreadPoolExecutor
 
     from fastapi.testclient import TestClient
 
@@ -138,18 +163,28 @@ def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
         "openvino",
         "--dtype",
         "fp32",
+        "--streams",
+        "2",
     ]
     app = build_app(parser.parse_args(args))
     texts = ["a short query", "a longer passage about retrieval and the vectors that serve it " * 5]
+    many = [f"query number {i} about {'vectors ' * i}" for i in range(12)]
     with TestClient(app, base_url="http://localhost") as client:
         assert client.get("/info").json()["model"]["backend"] == "openvino"
         vectors = client.post("/embed", json={"inputs": texts}).json()
+        with ThreadPoolExecutor(6) as pool:  # requests at once: groups run on both streams
+            answers = list(pool.map(lambda t: client.post("/embed", json={"inputs": [t]}).json(), many))
         ranked = client.post(
             "/rerank", json={"query": "what serves vectors?", "texts": texts, "raw_scores": True}
         )
     np.testing.assert_allclose(
         np.asarray(vectors), Embedder(minilm_copy, device="cpu").encode_corpus(texts), atol=1e-5
     )
+    np.testing.assert_allclose(
+        np.concatenate(answers), Embedder(minilm_copy, device="cpu").encode_corpus(many), atol=1e-5
+    )
+    with pytest.raises(ConfigError, match="streams=2 needs backend='openvino'"):
+        build_app(parser.parse_args(["--model", minilm_copy, "--streams", "2"]))
     want = Reranker(minilm_cross_encoder, device="cpu").compute_score(
         [("what serves vectors?", t) for t in texts]
     )

@@ -138,3 +138,31 @@ def test_freed_heap_memory_is_given_back_between_groups() -> None:
         assert len(calls) == 3
     finally:
         worker.stop()
+
+
+def test_two_threads_run_two_groups_at_once_after_the_warmup() -> None:
+    """With threads=2 a second group runs while the first is still running, and none before the warm-up."""
+    meeting = threading.Barrier(2, timeout=10)  # broken unless both groups are inside a runner together
+    warmed: list[str] = []
+
+    def warmup() -> None:
+        time.sleep(0.2)
+        warmed.append("done")
+
+    def runner(key: Any, items: list[Any]) -> list[Any]:
+        assert warmed, "a group ran before the warm-up ended"
+        meeting.wait()
+        return [(key[1], item) for item in items]
+
+    worker = ModelWorker({"run": runner}, threads=2, warmup=warmup)
+    try:
+        first = worker.submit(("run", "a"), [1], tokens=1)
+        second = worker.submit(("run", "b"), [2], tokens=1)  # another kind: a group of its own
+        assert first.result(10) == [("a", 1)]
+        assert second.result(10) == [("b", 2)]
+        assert worker.alive and len(worker._threads) == 2
+    finally:
+        worker.stop()
+    assert not worker.alive
+    with pytest.raises(ValueError, match="threads=0"):
+        ModelWorker({"run": runner}, threads=0)

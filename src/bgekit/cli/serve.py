@@ -96,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most seconds a model call waits for requests still being tokenized (0: never)",
     )
     parser.add_argument(
+        "--streams",
+        type=int,
+        default=default("streams"),
+        help="with --backend openvino: groups of requests run at once, the threads split between them "
+        "(2: more small requests per second under load; 1: lowest latency)",
+    )
+    parser.add_argument(
         "--graceful-timeout",
         type=float,
         default=default("graceful_timeout"),
@@ -133,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         request_timeout=args.request_timeout,
         max_batch_tokens=args.max_batch_tokens,
         batch_wait=args.batch_wait,
+        streams=args.streams,
         api_key=api_key,
         allowed_hosts=loopback_host_names(args.host),
         served_model_name=args.served_model_name,

@@ -208,6 +208,29 @@ class DeviceModel:
         require_openvino()  # before a slow export that would be of no use
         return OpenVinoRunner(self._onnx_graph(), self.onnx_task, self.dtype)
 
+    def set_streams(self, streams: int) -> None:
+        """Let ``streams`` calls of this model run at once from different threads, the CPU threads split
+        between them (``backend="openvino"`` only; a server's ``--streams``).
+
+        One stream (the default) gives a call every thread, the fastest single call; more streams give
+        more throughput when many small calls come at once.
+
+        Raises:
+            ConfigError: another backend, several devices, or ``streams`` outside 1..threads.
+
+        Example:
+            >>> model = Embedder("BAAI/bge-small-en-v1.5", backend="openvino")   # doctest: +SKIP
+            >>> model.set_streams(2)                                               # doctest: +SKIP
+        """
+        if self.backend != "openvino" or len(self.devices) > 1:
+            if streams == 1:
+                return
+            raise ConfigError(
+                f"streams={streams!r} needs backend='openvino' on one device; this {type(self).__name__} "
+                f"runs backend={self.backend!r} on {len(self.devices)} device(s)"
+            )
+        self._load_model().set_streams(streams)
+
     # ------------------------------------------------------------------------------------ worker pool
     def _runtime_kwargs(self) -> dict[str, Any]:
         """The runtime arguments a worker's copy is built with (each worker resolves ``dtype`` itself)."""

@@ -50,7 +50,8 @@ class OpenVinoRunner(GraphRunner):
         task: ``"feature-extraction"`` (returns ``last_hidden_state``) or ``"sequence-classification"``
             (returns ``logits``).
         dtype: ``"fp32"`` or ``"bf16"``, the arithmetic OpenVINO is asked for.
-        threads: CPU threads for one inference (default: torch's thread count).
+        threads: CPU threads in all (default: torch's thread count).
+        streams: calls that may run at once from different threads (see :meth:`set_streams`).
 
     Example:
         >>> runner = OpenVinoRunner(path, "feature-extraction", "bf16")         # doctest: +SKIP
@@ -58,29 +59,48 @@ class OpenVinoRunner(GraphRunner):
         torch.Size([2, 9, 384])
     """
 
-    def __init__(self, path: str, task: Task, dtype: str, threads: int | None = None) -> None:
-        openvino = require_openvino()
+    def __init__(
+        self, path: str, task: Task, dtype: str, threads: int | None = None, streams: int = 1
+    ) -> None:
+        self._openvino = require_openvino()
         if dtype not in _PRECISIONS:
             raise ConfigError(f"backend='openvino' runs dtype 'fp32' or 'bf16', not {dtype!r}")
-        core = openvino.Core()
+        self.task, self.path, self.dtype, self.backend = task, path, dtype, "openvino"
+        self.threads = int(threads or torch.get_num_threads())
+        self._local = threading.local()  # an infer request serves one call at a time: one per thread
+        self.set_streams(streams)
+
+    def set_streams(self, streams: int) -> None:
+        """Compile for ``streams`` calls at once, from different threads, the CPU threads split between
+        them (OpenVINO's streams). One stream (the default) gives each call every thread: the fastest
+        single call. More streams serve more throughput when many small calls come at once (a server's
+        small groups), as a small matrix product keeps one thread busier than two.
+        """
+        if not isinstance(streams, int) or isinstance(streams, bool) or not 1 <= streams <= self.threads:
+            raise ConfigError(
+                f"streams={streams!r} is not valid; expected 1 to {self.threads} (one thread per stream at least)"
+            )
+        if getattr(self, "streams", None) == streams:
+            return
+        core = self._openvino.Core()
         config = {
-            "INFERENCE_PRECISION_HINT": _PRECISIONS[dtype],
-            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-            "NUM_STREAMS": 1,  # one request at a time uses every thread: the engine's batches are large
-            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": _PRECISIONS[self.dtype],
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": streams,
+            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
         }
         try:
-            self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+            self.compiled = core.compile_model(core.read_model(self.path), "CPU", config)
         except RuntimeError as exc:
-            raise ModelLoadError(f"OpenVINO could not compile {path!r} for the CPU: {exc}") from exc
+            raise ModelLoadError(f"OpenVINO could not compile {self.path!r} for the CPU: {exc}") from exc
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        self.task, self.path, self.dtype, self.backend = task, path, dtype, "openvino"
-        self._local = threading.local()  # an infer request serves one call at a time: one per thread
+        self.streams = streams
 
     def _request(self) -> Any:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+        compiled, request = getattr(self._local, "request", (None, None))
+        if compiled is not self.compiled:  # first call on this thread, or recompiled since
+            request = self.compiled.create_infer_request()
+            self._local.request = (self.compiled, request)
         return request
 
     def _compute(

@@ -212,12 +212,21 @@ def create_app(
     runners: dict[str, Any] = {"embed": run_embed, "rerank": run_rerank, "search": run_search}
     if multimodal:
         runners.update(embed_images=run_embed_images, search_images=run_search_images)
+    for served in {id(m): m for m in (embedder, reranker) if m is not None}.values():
+        set_streams = getattr(served, "set_streams", None)
+        if set_streams is not None:
+            set_streams(config.streams)
+        elif config.streams != 1:
+            raise ConfigError(
+                f"streams={config.streams} needs backend='openvino'; {type(served).__name__} has none"
+            )
     worker = ModelWorker(
         runners,
         max_batch_tokens=config.max_batch_tokens,
         batch_wait=config.batch_wait,
         warmup=warmup,
         stats=metrics,
+        threads=config.streams,
     )
 
     @contextlib.asynccontextmanager

@@ -29,6 +29,9 @@ class ServerConfig:
         max_batch_tokens: most tokens the worker gathers from many requests into one engine call.
         batch_wait: most seconds the worker holds a group open for requests still being tokenized (it
             never waits when none is on its way, so a lone request starts at once).
+        streams: groups of requests the models run at once, the CPU threads split between them (OpenVINO
+            streams; ``--backend openvino`` only). 1 gives each group every thread (lowest latency); 2
+            serves more small requests per second under load, while a lone request runs on fewer threads.
         api_key: when set, every route but ``/health`` and the schema needs ``Authorization: Bearer KEY``.
         allowed_hosts: ``Host`` header names accepted (``None``: any); a loopback server accepts only
             loopback names, so a web page cannot reach it through DNS rebinding.
@@ -52,6 +55,7 @@ class ServerConfig:
     request_timeout: float = 60.0
     max_batch_tokens: int = 16384
     batch_wait: float = 0.005
+    streams: int = 1
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] | None = None
     served_model_name: str | None = None
@@ -66,6 +70,7 @@ class ServerConfig:
             "max_concurrent_requests",
             "max_top_k",
             "max_image_bytes",
+            "streams",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -1,4 +1,4 @@
-"""The model worker: one queue in front of one thread that owns the models.
+"""The model worker: one queue in front of the thread (or threads) that run the models.
 
 Every request's texts go into one queue as a job; the worker thread takes the oldest job and every queued
 job of the same kind (same route and options) up to a token cap, runs them as one call of the batching
@@ -8,6 +8,8 @@ TEI's router and infinity's batch handler. Requests that are still being tokeniz
 (``expect``); while any are on their way, the worker waits up to ``batch_wait`` seconds for them to join
 the group, so a burst of small requests becomes one full call instead of a small one followed by the rest.
 A job whose caller gave up (timeout, disconnect) before the worker reached it is dropped without running.
+With ``threads`` > 1 (models compiled for as many OpenVINO streams) several groups run at once, each thread
+taking the next group when its own is done.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class ModelWorker:
             worker never waits when none is announced, so a lone request starts at once.
         trim_interval: after a group, freed heap memory goes back to the system at most this often
             (seconds; ``None``: never), so resident memory does not climb with every new input shape.
+        threads: groups that run at once, one per thread (the runners must allow as many concurrent calls).
 
     Example:
         >>> worker = ModelWorker({"double": lambda key, items: [2 * x for x in items]})
@@ -79,20 +82,25 @@ class ModelWorker:
         stats: WorkerStats | None = None,
         batch_wait: float = 0.005,
         trim_interval: float | None = 1.0,
+        threads: int = 1,
     ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads={threads} is not valid; expected >= 1")
         self.runners = runners
+        self.threads = threads
         self.batch_wait = batch_wait
         self.trimmer = HeapTrimmer(trim_interval) if trim_interval is not None else None
         self.max_batch_tokens = max_batch_tokens
         self.warmup = warmup
         self.stats = stats or WorkerStats()
         self.ready = threading.Event()
+        self._warmed = threading.Event()  # the warm-up ended, well or not
         self.failed: BaseException | None = None
         self._jobs: deque[Job] = deque()
         self._incoming = 0  # announced jobs not submitted yet
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._start_lock = threading.Lock()
 
     @property
@@ -103,13 +111,16 @@ class ModelWorker:
     def start(self) -> None:
         """Start the thread (once; later calls do nothing)."""
         with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="bgekit-model-worker", daemon=True)
-                self._thread.start()
+            if not self._threads:
+                for number in range(self.threads):
+                    name = "bgekit-model-worker" + (f"-{number}" if number else "")
+                    thread = threading.Thread(target=self._loop, args=(number,), name=name, daemon=True)
+                    self._threads.append(thread)
+                    thread.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     def expect(self) -> None:
         """Announce a job that is on its way (being tokenized); ``submit(..., expected=True)`` or
@@ -149,11 +160,25 @@ class ModelWorker:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------------------------ the thread
-    def _loop(self) -> None:
+    def _loop(self, number: int) -> None:
+        if number == 0:
+            self._warm_up()
+        else:
+            self._warmed.wait()  # groups wait for the warm-up (or its failure) on every thread
+        while True:
+            group = self._next_group()
+            if group is None:
+                return
+            self._run(group)
+            if self.trimmer is not None:
+                self.trimmer.maybe_trim()
+
+    def _warm_up(self) -> None:
         try:
             if self.warmup is not None:
                 self.warmup()
@@ -162,13 +187,8 @@ class ModelWorker:
             self.failed = exc
         else:
             self.ready.set()
-        while True:
-            group = self._next_group()
-            if group is None:
-                return
-            self._run(group)
-            if self.trimmer is not None:
-                self.trimmer.maybe_trim()
+        finally:
+            self._warmed.set()
 
     def _next_group(self) -> list[Job] | None:
         with self._cond:
