@@ -146,8 +146,10 @@ def test_bad_requests_name_the_problem(
 def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
     """`bgekit serve --backend openvino`: the server's model thread runs OpenVINO, answers equal the library's."""
     import argparse
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
+    import torch
     from fastapi.testclient import TestClient
 
     from bgekit.cli.serve import add_arguments, build_app
@@ -169,7 +171,11 @@ def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
     app = build_app(parser.parse_args(args))
     texts = ["a short query", "a longer passage about retrieval and the vectors that serve it " * 5]
     many = [f"query number {i} about {'vectors ' * i}" for i in range(12)]
+    threads = torch.get_num_threads()
     with TestClient(app, base_url="http://localhost") as client:
+        while client.get("/health").status_code != 200:  # the warm-up runs on the worker thread
+            time.sleep(0.05)
+        assert _fresh_thread_torch_threads() == 1  # torch's work around the graphs: one thread
         assert client.get("/info").json()["model"]["backend"] == "openvino"
         vectors = client.post("/embed", json={"inputs": texts}).json()
         with ThreadPoolExecutor(6) as pool:  # requests at once: groups run on both streams
@@ -180,6 +186,7 @@ def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
     np.testing.assert_allclose(
         np.asarray(vectors), Embedder(minilm_copy, device="cpu").encode_corpus(texts), atol=1e-5
     )
+    assert _fresh_thread_torch_threads() == threads  # given back when the server stops
     np.testing.assert_allclose(
         np.concatenate(answers), Embedder(minilm_copy, device="cpu").encode_corpus(many), atol=1e-5
     )
@@ -190,3 +197,16 @@ def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
     )
     got = {row["index"]: row["score"] for row in ranked.json()}
     np.testing.assert_allclose([got[0], got[1]], want, atol=1e-4)
+
+
+def _fresh_thread_torch_threads() -> int:
+    """torch's thread count as a thread started now sees it (each thread keeps the count it started with)."""
+    import threading
+
+    import torch
+
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]

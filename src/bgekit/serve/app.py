@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from bgekit.errors import BgekitError, ConfigError, DataFormatError, InputError
 from bgekit.inference.ranking import ranked_indices
@@ -49,6 +50,9 @@ from bgekit.serve.middleware import (
     error_body,
 )
 from bgekit.serve.worker import ModelWorker
+
+GRAPH_BACKENDS = ("onnx", "openvino")
+"""Backends whose model runs in its own runtime's threads rather than torch's."""
 
 logger = logging.getLogger("bgekit.serve")
 
@@ -201,6 +205,11 @@ def create_app(
             reranker.tokenize_pairs([("ready", "ready")]) if pair_protocol else [("ready", "ready")]
         )
 
+    served_models = list({id(m): m for m in (embedder, reranker) if m is not None}.values())
+    # every model runs as an ONNX Runtime / OpenVINO graph: torch only pools, normalises and slices
+    graph_only = all(getattr(m, "backend", "torch") in GRAPH_BACKENDS for m in served_models)
+    torch_threads = torch.get_num_threads()
+
     def warmup() -> None:
         if item_protocol:
             embedder.encode_tokenized(warmup_items, [None], normalize=False)
@@ -208,11 +217,17 @@ def create_app(
             embedder.encode_features(warmup_features, None, normalize=False)
         if reranker is not None:
             run_rerank(("rerank",), warmup_pairs)
+        if graph_only:
+            # the graphs keep the threads they were built with; torch's small work around them runs on
+            # one thread, so torch's OpenMP threads do not wake up to compete with the runtime's own
+            # threads (and the event loop) for the cores. torch keeps a count per thread: this sets the
+            # worker threads' count and the default of threads started later; restored when it stops.
+            torch.set_num_threads(1)
 
     runners: dict[str, Any] = {"embed": run_embed, "rerank": run_rerank, "search": run_search}
     if multimodal:
         runners.update(embed_images=run_embed_images, search_images=run_search_images)
-    for served in {id(m): m for m in (embedder, reranker) if m is not None}.values():
+    for served in served_models:
         set_streams = getattr(served, "set_streams", None)
         if set_streams is not None:
             set_streams(config.streams)
@@ -235,6 +250,8 @@ def create_app(
         yield
         # uvicorn has let requests in flight finish (graceful_timeout); stop after what is queued
         await run_in_threadpool(worker.stop, config.graceful_timeout)
+        if graph_only:
+            torch.set_num_threads(torch_threads)
         tokenizer_thread.shutdown(wait=False)
 
     app = fastapi.FastAPI(
