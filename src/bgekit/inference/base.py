@@ -22,7 +22,7 @@ from bgekit.engine.pool import split_evenly
 from bgekit.errors import ConfigError, ModelLoadError, reject_unknown_kwargs
 from bgekit.inference.autotune import AutoChoice
 from bgekit.inference.onnx_backend import Task
-from bgekit.inference.runtime import check_batch_size, resolve_runtime
+from bgekit.inference.runtime import GRAPH_BACKENDS, check_batch_size, resolve_runtime
 from bgekit.models.loading import load_pretrained, resolve_model_folder
 from bgekit.models.settings import write_saved_settings
 
@@ -249,7 +249,7 @@ class DeviceModel:
 
     def _get_pool(self) -> DevicePool:
         if self._pool is None or self._pool.closed:
-            if self.backend in ("onnx", "openvino"):
+            if self.backend in GRAPH_BACKENDS:
                 self._onnx_graph()  # exported once here, not by every worker at the same time
             self._pool = DevicePool(
                 _ModelFactory(type(self), self.folder, self._worker_kwargs()),

@@ -16,6 +16,8 @@ from bgekit.errors import ConfigError
 from bgekit.models.loading import resolve_device, resolve_dtype
 
 BACKENDS = ("torch", "onnx", "openvino", "auto")
+GRAPH_BACKENDS = ("onnx", "openvino")
+"""Backends that run the model's exported graph in their own runtime (and threads), on the CPU only."""
 """What runs a model: PyTorch, ONNX Runtime, OpenVINO, or the fastest of them measured on this machine."""
 
 
@@ -131,7 +133,7 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
     backend = kwargs.get("backend") or ("onnx" if quantization else "torch")
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not valid; choose 'torch', 'onnx', 'openvino' or 'auto'")
-    if backend in ("onnx", "openvino") and first.type != "cpu":
+    if backend in GRAPH_BACKENDS and first.type != "cpu":
         raise ConfigError(f"backend={backend!r} runs on the CPU; use backend='torch' for {first}")
     if backend == "auto" and (quantization or first.type != "cpu"):
         # int8 runs only on ONNX Runtime; accelerators run PyTorch: nothing to measure

@@ -38,6 +38,7 @@ import torch
 from bgekit.errors import BgekitError, ConfigError, DataFormatError, InputError
 from bgekit.inference.ranking import ranked_indices
 from bgekit.inference.reranker import sigmoid
+from bgekit.inference.runtime import GRAPH_BACKENDS
 from bgekit.optional import require_fastapi
 from bgekit.serve.config import ServerConfig
 from bgekit.serve.metrics import ServerMetrics
@@ -50,9 +51,6 @@ from bgekit.serve.middleware import (
     error_body,
 )
 from bgekit.serve.worker import ModelWorker
-
-GRAPH_BACKENDS = ("onnx", "openvino")
-"""Backends whose model runs in its own runtime's threads rather than torch's."""
 
 logger = logging.getLogger("bgekit.serve")
 
