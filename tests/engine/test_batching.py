@@ -31,20 +31,31 @@ def test_outputs_come_back_in_input_order_and_budget_holds(lengths: list[int], b
         assert padded <= budget or len(batch) == 1  # a single over-long input still runs
 
 
-def plan_cost(lengths: list[int], ends: list[int], overhead: int) -> int:
-    starts = [0, *ends[:-1]]
-    return sum(
-        (end - start) * max(1, lengths[start]) + overhead for start, end in zip(starts, ends, strict=True)
-    )
+def plan_cost(lengths: list[int], ends: list[int], overhead: int, packed: float | None = None) -> float:
+    """Padded tokens (or, with ``packed``, at most real tokens times it) plus ``overhead`` per batch."""
+    cost = 0.0
+    for start, end in zip([0, *ends[:-1]], ends, strict=True):
+        work = float((end - start) * max(1, lengths[start]))
+        if packed is not None:
+            work = min(work, packed * sum(max(1, n) for n in lengths[start:end]))
+        cost += work + overhead
+    return cost
 
 
-@given(st.lists(st.integers(min_value=1, max_value=80), min_size=1, max_size=9), st.integers(1, 5))
+@given(
+    st.lists(st.integers(min_value=1, max_value=80), min_size=1, max_size=9),
+    st.integers(1, 5),
+    st.sampled_from([None, 1.1]),
+)
 @settings(max_examples=80, deadline=None)
-def test_planned_batches_are_the_cheapest_split(lengths: list[int], batch_size: int) -> None:
-    """The planner's split costs no more than any other split that keeps the limits (brute force)."""
+def test_planned_batches_are_the_cheapest_split(
+    lengths: list[int], batch_size: int, packed: float | None
+) -> None:
+    """The planner's split costs no more than any other split that keeps the limits (brute force), with
+    padded batches or with a runner that packs short texts into shared rows."""
     lengths = sorted(lengths, reverse=True)
     budget, overhead = 120, 16
-    ends = plan_batches(lengths, batch_size, budget, overhead)
+    ends = plan_batches(lengths, batch_size, budget, overhead, packed)
     n = len(lengths)
 
     def allowed(ends: list[int]) -> bool:
@@ -56,11 +67,11 @@ def test_planned_batches_are_the_cheapest_split(lengths: list[int], batch_size: 
 
     assert ends[-1] == n and allowed(ends)
     best = min(
-        plan_cost(lengths, [i + 1 for i in range(n - 1) if mask >> i & 1] + [n], overhead)
+        plan_cost(lengths, [i + 1 for i in range(n - 1) if mask >> i & 1] + [n], overhead, packed)
         for mask in range(2 ** (n - 1))
         if allowed([i + 1 for i in range(n - 1) if mask >> i & 1] + [n])
     )
-    assert plan_cost(lengths, ends, overhead) == best
+    assert plan_cost(lengths, ends, overhead, packed) == pytest.approx(best)
 
 
 @given(st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=200), st.integers(1, 64))
@@ -89,6 +100,20 @@ def test_a_mixed_group_is_split_where_the_lengths_drop() -> None:
     assert [sorted(b) for b in batches] == [[0, 1], list(range(2, 32))]
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     assert padded == 2 * 60 + 30 * 12  # against 32 * 60 = 1,920 in one batch
+
+
+def test_a_mixed_group_runs_as_one_batch_when_the_model_packs_rows() -> None:
+    """A runner that packs short texts into shared rows pays for real tokens, not padding: 36 queries of
+    36 lengths (a server's group) run as one batch instead of several padded ones."""
+    lengths = list(range(10, 46))
+    runs: dict[float | None, list[list[int]]] = {None: [], 1.1: []}
+    for packed, batches in runs.items():
+        engine = BatchEngine(
+            batch_size=256, max_tokens_per_batch=4096, overhead_tokens=32, packed_token_cost=packed
+        )
+        engine.run(lengths, lambda idx, seen=batches: seen.append(idx) or [0] * len(idx))
+    assert [sorted(b) for b in runs[1.1]] == [list(range(36))]
+    assert len(runs[None]) > 1
 
 
 def test_out_of_memory_back_off_works_with_planned_batches() -> None:

@@ -26,9 +26,11 @@ def test_fp32_equals_torch_and_bf16_is_close(minilm_copy: str, texts: tuple) -> 
     docs_ref, queries_ref = torch_model.encode_corpus(texts[0]), torch_model.encode_queries(texts[1])
     fp32 = Embedder(minilm_copy, device="cpu", backend="openvino", dtype="fp32", passage_max_length=512)
     assert (fp32.backend, fp32.dtype) == ("openvino", "fp32")
-    assert any(p.name.endswith("-plain-v2.onnx") for p in (Path(minilm_copy) / "onnx").iterdir())
+    assert any(p.name.endswith("-packed-v2.onnx") for p in (Path(minilm_copy) / "onnx").iterdir())
     np.testing.assert_allclose(fp32.encode_corpus(texts[0]), docs_ref, atol=1e-5)
     np.testing.assert_allclose(fp32.encode_queries(texts[1]), queries_ref, atol=1e-5)
+    groups = [fp32.encode_queries(texts[1][i : i + 9]) for i in range(0, 36, 9)]  # a server's small groups
+    np.testing.assert_allclose(np.concatenate(groups), queries_ref[:36], atol=1e-5)
     bf16 = Embedder(minilm_copy, device="cpu", backend="openvino", dtype="bf16", passage_max_length=512)
     assert float((bf16.encode_corpus(texts[0]) * docs_ref).sum(1).min()) >= 0.999
     assert float((bf16.encode_queries(texts[1]) * queries_ref).sum(1).min()) >= 0.999
@@ -76,6 +78,52 @@ def test_padded_and_packed_batches_agree(
             torch.testing.assert_close(out[row][real], alone, atol=1e-4, rtol=1e-4)
 
 
+def test_packed_rows_give_each_text_what_it_gets_alone(
+    minilm_copy: str, texts: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packed graph: short texts share rows in one call, each attending only to itself."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from bgekit.inference import openvino_backend
+    from bgekit.inference.embedder import file_fingerprint
+    from bgekit.inference.onnx_backend import export_onnx
+    from bgekit.inference.packing import PACK_ROW_TOKENS
+
+    path = export_onnx(
+        minilm_copy, "feature-extraction", None, file_fingerprint(minilm_copy)[:16], fuse=False, packed=True
+    )
+    runner = openvino_backend.OpenVinoRunner(path, "feature-extraction", "fp32", position_offset=0)
+    fed: list[tuple[int, ...]] = []
+    real_infer = runner._infer
+    monkeypatch.setattr(
+        runner, "_infer", lambda given: fed.append(tuple(given["input_ids"].shape)) or real_infer(given)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(minilm_copy)
+    queries, passage = list(texts[1][:12]), texts[0][0]["text"]
+    cases = {  # texts, side -> rows fed (None: as many as the batch has)
+        "many short texts of many lengths": (queries, "right", 3),
+        "one over a row's length among short ones": ([passage, *queries[:6]], "right", 2),
+        "left padding": (queries[:6], "left", 1),
+        "little padding: one text per row": ([queries[1], queries[1] + " again"], "right", None),
+    }
+    for case, (batch_texts, side, rows) in cases.items():
+        tokenizer.padding_side = side
+        batch = tokenizer(batch_texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        fed.clear()
+        out = runner(**batch).last_hidden_state
+        assert len(fed) == 1 and fed[0][0] == (rows or len(batch_texts)), (case, fed)
+        assert fed[0][1] <= max(PACK_ROW_TOKENS, batch["input_ids"].shape[1]), case
+        for row, text in enumerate(batch_texts):
+            alone = runner(**tokenizer([text], truncation=True, max_length=256, return_tensors="pt"))
+            real = batch["attention_mask"][row].bool()
+            torch.testing.assert_close(out[row][real], alone.last_hidden_state[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="disagree"):
+        openvino_backend.OpenVinoRunner(path, "feature-extraction", "fp32")
+    with pytest.raises(ConfigError, match="empty"):
+        runner(input_ids=torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.zeros(2, 3))
+
+
 def test_cross_encoder_on_openvino(
     minilm_cross_encoder: str, scifact_corpus: list, scifact_queries: list
 ) -> None:
@@ -87,8 +135,20 @@ def test_cross_encoder_on_openvino(
     assert np.corrcoef(np.asarray(bf16.compute_score(pairs)), ref)[0, 1] >= 0.99
 
 
-def test_m3_heads_on_openvino(tmp_path: Path, tiny_m3_dir: str, scifact_corpus: list[dict]) -> None:
-    """XLM-RoBERTa through OpenVINO fp32: dense, sparse and ColBERT outputs equal PyTorch's."""
+def test_m3_heads_on_openvino(
+    tmp_path: Path, tiny_m3_dir: str, scifact_corpus: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XLM-RoBERTa through OpenVINO fp32, packed rows included (positions from padding id + 1): dense,
+    sparse and ColBERT outputs equal PyTorch's."""
+    from bgekit.inference import openvino_backend
+
+    capacities: list[int | None] = []
+    real_batch = openvino_backend.PackedBatch
+    monkeypatch.setattr(
+        openvino_backend,
+        "PackedBatch",
+        lambda *a, **k: capacities.append(k["capacity"]) or real_batch(*a, **k),  # type: ignore[func-returns-value]
+    )
     folder = tmp_path / "m3"
     shutil.copytree(tiny_m3_dir, folder)
     docs = [d["text"][: 40 + 37 * i] for i, d in enumerate(scifact_corpus[:24])]
@@ -103,6 +163,7 @@ def test_m3_heads_on_openvino(tmp_path: Path, tiny_m3_dir: str, scifact_corpus: 
         np.testing.assert_allclose([mine[k] for k in theirs], [theirs[k] for k in theirs], atol=1e-5)
     for mine, theirs in zip(out["colbert_vecs"], ref["colbert_vecs"], strict=True):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    assert any(capacity is not None for capacity in capacities)  # some batch ran in shared rows
 
 
 def test_two_streams_run_calls_at_once_with_the_same_outputs(minilm_copy: str, texts: tuple) -> None:

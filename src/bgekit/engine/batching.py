@@ -37,7 +37,13 @@ def batch_overhead_tokens(device: torch.device) -> int | None:
     return CPU_BATCH_OVERHEAD_TOKENS if device.type == "cpu" else None
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None, overhead: int) -> list[int]:
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    max_tokens: int | None,
+    overhead: int,
+    packed_token_cost: float | None = None,
+) -> list[int]:
     """Batch ends for inputs sorted longest first that minimise padded tokens plus ``overhead`` per batch.
 
     A batch costs its row count times its longest input (the padded tokens it computes) plus ``overhead``.
@@ -45,16 +51,21 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None
     short and long inputs (many small requests gathered by a server), splitting where the lengths drop
     saves more padding than the extra forward pass costs. Dynamic programming over the sorted order, with
     at most ``batch_size`` rows and ``max_tokens`` padded tokens per batch (a single input over the budget
-    still gets a batch of its own).
+    still gets a batch of its own). With ``packed_token_cost`` (a runner that packs short texts into
+    shared rows) a batch costs at most its real tokens times that factor, so a mixed group runs as one
+    packed batch instead of several padded ones.
 
     Example:
         >>> plan_batches([40, 39, 10, 9, 9, 8], batch_size=8, max_tokens=None, overhead=8)
         [2, 6]
+        >>> plan_batches([40, 39, 10, 9, 9, 8], batch_size=8, max_tokens=None, overhead=8, packed_token_cost=1.1)
+        [6]
     """
     n = len(lengths)
     if n == 0:
         return []
     longest = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
+    before = np.concatenate([[0], np.cumsum(longest)])  # real tokens of the inputs before each position
     best = np.zeros(n + 1)
     cut = np.zeros(n + 1, dtype=np.int64)
     for end in range(1, n + 1):
@@ -62,7 +73,10 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None
         first = max(0, end - batch_size)
         starts = np.arange(first, end)
         rows = end - starts
-        cost = best[first:end] + rows * longest[first:end] + overhead
+        work = (rows * longest[first:end]).astype(np.float64)
+        if packed_token_cost is not None:
+            work = np.minimum(work, packed_token_cost * (before[end] - before[first:end]))
+        cost = best[first:end] + work + overhead
         if max_tokens is not None:
             over = rows * longest[first:end] > max_tokens
             over[-1] = False  # one input alone always fits
@@ -111,6 +125,8 @@ class BatchEngine:
         overhead_tokens: the cost of one more forward pass in padded tokens; when given, batches are
             planned by :func:`plan_batches` (least padding plus passes) instead of filled to the budget
             (see :func:`batch_overhead_tokens`).
+        packed_token_cost: the model packs a batch's short texts into shared rows, each real token costing
+            this many padded ones (see :func:`plan_batches`); ``None``: every batch runs padded.
 
     Example:
         >>> engine = BatchEngine(batch_size=2)
@@ -129,6 +145,7 @@ class BatchEngine:
         grow_after: int = 8,
         position_offset: int = 0,
         overhead_tokens: int | None = None,
+        packed_token_cost: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is not valid; expected >= 1")
@@ -142,6 +159,7 @@ class BatchEngine:
         self.grow_after = grow_after
         self.position_offset = position_offset
         self.overhead_tokens = overhead_tokens
+        self.packed_token_cost = packed_token_cost
         self.backoffs = 0
         """How many times the last ``run`` shrank a batch after an out-of-memory error."""
 
@@ -180,7 +198,11 @@ class BatchEngine:
         planned: dict[int, int] = {}  # batch start -> end, while no out-of-memory back-off is in force
         if self.overhead_tokens is not None:
             ends = plan_batches(
-                [lengths[i] for i in order], self.batch_size, self.max_tokens_per_batch, self.overhead_tokens
+                [lengths[i] for i in order],
+                self.batch_size,
+                self.max_tokens_per_batch,
+                self.overhead_tokens,
+                self.packed_token_cost,
             )
             planned = dict(zip([0, *ends[:-1]], ends, strict=True))
         with tqdm(total=n, desc=self.desc, disable=not show, unit="item") as bar:

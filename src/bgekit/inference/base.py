@@ -184,17 +184,23 @@ class DeviceModel:
     def _check_onnx(self) -> None:
         """Raise ConfigError when this model cannot run from an ONNX export (backends onnx and openvino)."""
 
-    def _onnx_graph(self) -> str:
+    def _onnx_graph(self, packed: bool = False) -> str:
         """The exported (cached) ONNX graph of this model; exported here on first use.
 
-        The ONNX backend runs ONNX Runtime's fused graph; OpenVINO reads the plain export and fuses itself.
+        The ONNX backend runs ONNX Runtime's fused graph; OpenVINO reads the plain export and fuses itself,
+        the packed one (``packed``: position and segment ids as inputs) where the encoder allows it.
         """
         from bgekit.inference.onnx_backend import export_onnx
 
         self._check_onnx()
         fingerprint = file_fingerprint(self.folder)[:16]
         return export_onnx(
-            self.folder, self.onnx_task, self.quantization, fingerprint, fuse=self.backend != "openvino"
+            self.folder,
+            self.onnx_task,
+            self.quantization,
+            fingerprint,
+            fuse=self.backend != "openvino",
+            packed=packed,
         )
 
     def _onnx_runner(self) -> Any:
@@ -206,7 +212,15 @@ class DeviceModel:
         from bgekit.inference.openvino_backend import OpenVinoRunner, require_openvino
 
         require_openvino()  # before a slow export that would be of no use
-        return OpenVinoRunner(self._onnx_graph(), self.onnx_task, self.dtype)
+        offset = None
+        if self.onnx_task == "feature-extraction":  # a classifier reads each row's first token: never packed
+            from transformers import AutoConfig
+
+            from bgekit.inference.packing import position_offset
+
+            offset = position_offset(AutoConfig.from_pretrained(self.folder))
+        graph = self._onnx_graph(packed=offset is not None)
+        return OpenVinoRunner(graph, self.onnx_task, self.dtype, position_offset=offset)
 
     def set_streams(self, streams: int) -> None:
         """Let ``streams`` calls of this model run at once from different threads, the CPU threads split

@@ -378,6 +378,7 @@ class Embedder(M3Methods, DeviceModel):
             colbert_dim=settings.colbert_dim,
             colbert_normalize=settings.normalize,
         )
+        model = self._load_model()
         engine = BatchEngine(
             batch_size=self.call_batch_size(batch_size),
             max_tokens_per_batch=self.max_tokens_per_batch,
@@ -385,10 +386,11 @@ class Embedder(M3Methods, DeviceModel):
             desc="Encoding",
             position_offset=position_offset,
             overhead_tokens=batch_overhead_tokens(self.device),
+            packed_token_cost=getattr(model, "packed_token_cost", None),  # a runner that packs short texts
         )
         outputs = run_encode_step(
             engine,
-            self._load_model(),
+            model,
             self.tokenizer,
             features,
             dense,

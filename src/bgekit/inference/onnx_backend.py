@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from bgekit.errors import ConfigError, ModelLoadError
+from bgekit.inference.packing import PackedEncoder, position_offset
 from bgekit.io import atomic_path
 
 Task = Literal["feature-extraction", "sequence-classification"]
@@ -88,17 +89,26 @@ def calibrated_graph_name(fingerprint: str, task: Task = "feature-extraction") -
 
 
 def export_onnx(
-    model_folder: str, task: Task, quantization: str | None, fingerprint: str, fuse: bool = True
+    model_folder: str,
+    task: Task,
+    quantization: str | None,
+    fingerprint: str,
+    fuse: bool = True,
+    packed: bool = False,
 ) -> str:
     """Path of the cached ONNX graph for ``model_folder`` (exported, fused and quantised on first use).
 
     ``quantization="int8-static"`` is never built here: it needs calibration texts, so it is the graph
     ``bgekit.inference.calibrate.calibrate_int8`` saved beside the model (an error says how to make it).
     ``fuse=False`` gives the plain exported graph (standard ONNX operators, attention mask kept) that other
-    runtimes such as OpenVINO read; it needs the ``onnx`` package but not ONNX Runtime.
+    runtimes such as OpenVINO read; it needs the ``onnx`` package but not ONNX Runtime. ``packed=True`` (with
+    ``fuse=False``, an encoder that ``packing.position_offset`` accepts) gives that plain graph with position
+    and segment ids as inputs instead of the attention mask, so short texts can share a row.
     """
     if quantization not in (None, "int8", "int8-static"):
         raise ConfigError(f"quantization={quantization!r} is not valid; choose None, 'int8' or 'int8-static'")
+    if packed and (fuse or quantization or task != "feature-extraction"):
+        raise ConfigError("a packed graph is a plain (unfused, unquantised) feature-extraction export")
     if fuse or quantization:
         require_onnxruntime()
     else:
@@ -112,7 +122,7 @@ def export_onnx(
             )
         return calibrated
     folder = _cache_folder(model_folder, fingerprint)
-    suffix = "int8" if quantization else ("fp32" if fuse else "plain")
+    suffix = "int8" if quantization else ("fp32" if fuse else ("packed" if packed else "plain"))
     target = os.path.join(folder, f"{task}-{fingerprint}-{suffix}-{GRAPH_VERSION}.onnx")
     if os.path.isfile(target):
         return target
@@ -127,17 +137,28 @@ def export_onnx(
     names = ["input_ids", "attention_mask"]
     if getattr(config, "type_vocab_size", 0) and config.type_vocab_size > 1:
         names.append("token_type_ids")
+    wrapper: torch.nn.Module = _Wrapper(model, names, task)
     dummy = tuple(
         torch.ones(2, 8, dtype=torch.long) if n != "token_type_ids" else torch.zeros(2, 8, dtype=torch.long)
         for n in names
     )
+    if packed:
+        if position_offset(config) is None:
+            raise ConfigError(f"{model_folder!r} ({config.model_type}) has no packed export")
+        names = [n for n in names if n != "attention_mask"] + ["position_ids", "segment_ids"]
+        wrapper = PackedEncoder(model, names)
+        examples = {
+            "position_ids": torch.arange(8).repeat(2, 1),
+            "token_type_ids": torch.zeros(2, 8, dtype=torch.long),
+        }
+        dummy = tuple(examples.get(n, torch.ones(2, 8, dtype=torch.long)) for n in names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["output"] = {0: "batch", 1: "sequence"} if task == "feature-extraction" else {0: "batch"}
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         raw = os.path.join(tmp, "model.onnx")
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                _Wrapper(model, names, task),
+                wrapper,
                 dummy,
                 raw,
                 input_names=names,

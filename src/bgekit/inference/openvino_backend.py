@@ -6,12 +6,17 @@ default on CPUs with AMX; here the precision is always the model's ``dtype``: ``
 arithmetic, ``bf16`` for bf16 (where the CPU has no bf16 instructions OpenVINO runs f32 instead).
 
 Like the ONNX runner, the runner is called like a ``transformers`` model, so the batching engine and heads
-do not know which backend runs. A batch with little padding (the engine's length-sorted batches of long
-texts) runs as it is, mask included; a batch with more than ``PACK_ABOVE_PADDING`` padding whose rows
-share few lengths (the engine's batches of many short queries) runs as groups of equal-length rows without
-their padding, which measured 1.2-1.3x faster on such batches; a few rows of many lengths (a server's small
-groups of queries) run padded, as every extra call costs a new input shape. Left-padded batches always run
-packed: an encoder counts position ids from the first column, so left padding would shift them.
+do not know which backend runs. An embedder whose encoder can be packed (``packing.position_offset``: BERT,
+RoBERTa, XLM-RoBERTa) runs the packed export: a batch with more than ``PACK_ABOVE_PADDING`` padding (many
+short texts of many lengths, as in a server's groups of small requests) runs with its texts laid end to
+end in shared rows, each attending only to itself, in one call; a batch with little padding (the engine's
+length-sorted batches of long texts) runs one text per row.
+
+Other graphs (cross-encoders, encoders that cannot be packed) take the attention mask: a batch with little
+padding runs as it is; one with more than ``PACK_ABOVE_PADDING`` padding whose rows share few lengths runs
+as groups of equal-length rows without their padding (1.2-1.3x faster on such batches); a few rows of many
+lengths run padded, as every extra call costs a new input shape. Left-padded batches always run in
+groups: an encoder counts position ids from the first column, so left padding would shift them.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import torch
 
 from bgekit.errors import ConfigError, ModelLoadError
 from bgekit.inference.onnx_backend import GraphRunner, Task, run_packed
+from bgekit.inference.packing import PACK_ROW_TOKENS, PackedBatch, unpacked_inputs
 
 PACK_ABOVE_PADDING = 0.1
-"""Run a batch packed (equal-length groups, no padding) when more than this share of its tokens is padding..."""
+"""Pack a batch (shared rows, or equal-length groups for a graph without segment ids) when more than this
+share of its tokens is padding..."""
 MIN_ROWS_PER_PACKED_CALL = 8
 """... and its equal-length groups hold at least this many rows on average: each call has a fixed cost (a new
 input shape), so a batch of a few rows of each length runs faster padded."""
@@ -60,12 +67,23 @@ class OpenVinoRunner(GraphRunner):
     """
 
     def __init__(
-        self, path: str, task: Task, dtype: str, threads: int | None = None, streams: int = 1
+        self,
+        path: str,
+        task: Task,
+        dtype: str,
+        threads: int | None = None,
+        streams: int = 1,
+        position_offset: int | None = None,
     ) -> None:
         self._openvino = require_openvino()
         if dtype not in _PRECISIONS:
             raise ConfigError(f"backend='openvino' runs dtype 'fp32' or 'bf16', not {dtype!r}")
         self.task, self.path, self.dtype, self.backend = task, path, dtype, "openvino"
+        self.position_offset = position_offset
+        self.packed_token_cost = None if position_offset is None else 1.0 / (1.0 - PACK_ABOVE_PADDING)
+        """Short texts share rows (the packed graph): a packed batch's real token costs about this many
+        padded ones (rows of 128 tokens attend further than short padded rows), so a batch is packed
+        exactly when more than ``PACK_ABOVE_PADDING`` of it would be padding; the batch planner's cost."""
         self.threads = int(threads or torch.get_num_threads())
         self._local = threading.local()  # an infer request serves one call at a time: one per thread
         self.set_streams(streams)
@@ -94,6 +112,11 @@ class OpenVinoRunner(GraphRunner):
         except RuntimeError as exc:
             raise ModelLoadError(f"OpenVINO could not compile {self.path!r} for the CPU: {exc}") from exc
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        if ("segment_ids" in self.input_names) != (self.position_offset is not None):
+            raise ConfigError(
+                f"{self.path!r} and position_offset={self.position_offset!r} disagree: a packed graph "
+                "(with segment_ids) needs the position offset, a plain one must not have it"
+            )
         self.streams = streams
 
     def _request(self) -> Any:
@@ -107,8 +130,18 @@ class OpenVinoRunner(GraphRunner):
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         padding = 1.0 - float(lengths.sum()) / max(input_ids.numel(), 1)
-        # left padding would shift the position ids of an encoder (it counts from the first column): pack it
         right_padded = bool((real == (torch.arange(real.shape[1]) < lengths[:, None])).all())
+        if self.position_offset is not None:
+            if not bool(lengths.any()):
+                raise ConfigError("every row of the batch is empty (its attention mask is all zeros)")
+            if padding <= PACK_ABOVE_PADDING and right_padded:  # one text per row, as it came
+                return self._infer(unpacked_inputs(input_ids, token_type_ids, real, self.position_offset))
+            capacity = PACK_ROW_TOKENS if padding > PACK_ABOVE_PADDING else None
+            batch = PackedBatch(
+                input_ids, token_type_ids, real, lengths, offset=self.position_offset, capacity=capacity
+            )
+            return batch.unpack(self._infer(batch.inputs))
+        # left padding would shift the position ids of an encoder (it counts from the first column): pack it
         calls = int(lengths[lengths > 0].unique().numel())  # one call per distinct length when packed
         worth_packing = padding > PACK_ABOVE_PADDING and calls * MIN_ROWS_PER_PACKED_CALL <= len(lengths)
         if worth_packing or not right_padded:
@@ -118,11 +151,15 @@ class OpenVinoRunner(GraphRunner):
     def _run(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor | None = None
     ) -> torch.Tensor:
-        ids = input_ids.numpy().astype(np.int64)
         given = {
-            "input_ids": ids,
-            "token_type_ids": token_type_ids.numpy().astype(np.int64),
-            "attention_mask": np.ones_like(ids) if real is None else real.numpy().astype(np.int64),
+            "input_ids": input_ids,
+            "token_type_ids": token_type_ids,
+            "attention_mask": torch.ones_like(input_ids) if real is None else real,
         }
-        result = self._request().infer({name: given[name] for name in self.input_names})
+        return self._infer(given)
+
+    def _infer(self, given: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One call of the compiled graph on the inputs it takes (by name)."""
+        feed = {name: given[name].numpy().astype(np.int64) for name in self.input_names}
+        result = self._request().infer(feed)
         return torch.from_numpy(np.asarray(result[0], dtype=np.float32))

@@ -1,0 +1,175 @@
+"""Sequence packing for encoder graphs: several short texts share one row, each attending only to itself.
+
+A batch of short texts of many lengths wastes most of a padded forward pass on padding (a group of 36
+SciFact queries padded to its longest row is half padding). Packed, the texts are laid end to end in rows
+of about ``PACK_ROW_TOKENS`` tokens; each token carries its text's segment id and its position inside the
+text, and the graph turns the segment ids into a block-diagonal attention mask, so every text gets
+exactly the hidden states it gets alone (to float rounding). The runner scatters the results back to the
+padded layout the heads expect.
+
+The packed graph is the model exported with two extra inputs, ``position_ids`` and ``segment_ids``
+(:class:`PackedEncoder`); it also runs ordinary padded batches (one segment per row). It exists for
+encoders whose position embeddings are absolute and indexed from a known offset (:func:`position_offset`):
+BERT counts from 0, RoBERTa and XLM-RoBERTa from their padding id + 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+PACK_ROW_TOKENS = 128
+"""Tokens per packed row (a longer text gets a row of its own). Rows of 96-128 tokens ran groups of 36
+SciFact queries 1.5-1.7x faster than padding them, and rows of 64 or 192 were slower: short rows mean
+many rows, long rows spend more on attention across texts that is masked anyway."""
+
+_OFFSET_FROM_PADDING = ("roberta", "xlm-roberta", "camembert")
+
+
+def position_offset(config: Any) -> int | None:
+    """The position id of a text's first token for this encoder config, or ``None`` when it cannot be packed.
+
+    Example:
+        >>> from transformers import BertConfig, XLMRobertaConfig
+        >>> position_offset(BertConfig()), position_offset(XLMRobertaConfig(pad_token_id=1))
+        (0, 2)
+    """
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    model_type = getattr(config, "model_type", "")
+    if model_type == "bert":
+        return 0
+    if model_type in _OFFSET_FROM_PADDING and config.pad_token_id is not None:
+        return int(config.pad_token_id) + 1
+    return None
+
+
+class PackedEncoder(torch.nn.Module):
+    """Export wrapper: an encoder that takes position ids and segment ids and returns ``last_hidden_state``.
+
+    Tokens attend to the tokens of their own segment; segment 0 is padding and is attended by none.
+    """
+
+    def __init__(self, model: Any, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        given = dict(zip(self.names, inputs, strict=True))
+        segments = given.pop("segment_ids")
+        same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+        out = self.model(**given, attention_mask=same.long(), return_dict=True)  # 3-D mask: (row, query, key)
+        return out.last_hidden_state
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: the texts (by index) in each row, every row's lengths summing to <= capacity.
+
+    Example:
+        >>> pack_rows([5, 9, 3, 4], capacity=12)
+        [[1, 2], [0, 3]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for row, left in enumerate(room):
+            if lengths[index] <= left:
+                rows[row].append(index)
+                room[row] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+    return rows
+
+
+def unpacked_inputs(
+    input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, offset: int
+) -> dict[str, torch.Tensor]:
+    """A packed graph's inputs for a right-padded batch run as it is, one text per row (segment 1; 0 is padding).
+
+    Example:
+        >>> ids = torch.tensor([[5, 6, 0]])
+        >>> unpacked_inputs(ids, ids * 0, ids > 0, offset=2)["position_ids"]
+        tensor([[2, 3, 4]])
+    """
+    columns = (
+        torch.arange(input_ids.shape[1]) + offset
+    )  # padding positions get any valid id: nothing sees them
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "position_ids": columns.expand_as(input_ids),
+        "segment_ids": real.long(),
+    }
+
+
+class PackedBatch:
+    """A padded batch's real tokens laid out in packed rows, and the way back.
+
+    Args:
+        input_ids, token_type_ids: the padded batch, (rows, width).
+        real: which positions hold real tokens (left or right padding alike).
+        lengths: real tokens per row.
+        offset: the position id of each text's first token (:func:`position_offset`).
+        capacity: tokens per packed row (a longer text gets a row of its own); ``None``: one text per row,
+            right-padded (the batch as it came, left padding moved to the right).
+
+    Example:
+        >>> ids = torch.tensor([[5, 6, 0], [7, 0, 0]]); real = ids > 0
+        >>> batch = PackedBatch(ids, ids * 0, real, real.sum(1), offset=0, capacity=4)
+        >>> batch.inputs["input_ids"], batch.inputs["position_ids"], batch.inputs["segment_ids"]
+        (tensor([[5, 6, 7]]), tensor([[0, 1, 0]]), tensor([[1, 1, 2]]))
+        >>> batch.unpack(batch.inputs["input_ids"][..., None].float())[..., 0]
+        tensor([[5., 6., 0.],
+                [7., 0., 0.]])
+    """
+
+    def __init__(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        real: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        offset: int,
+        capacity: int | None,
+    ) -> None:
+        self.source = real.nonzero(as_tuple=True)  # (row, column) of each real token, row by row
+        self.shape = input_ids.shape
+        counts = lengths.tolist()
+        layout = (
+            [[index] for index in range(len(counts))]
+            if capacity is None
+            else pack_rows(counts, max(capacity, max(counts)))
+        )
+        width = max(sum(counts[i] for i in row) for row in layout)
+        row_of = torch.empty(len(counts), dtype=torch.long)
+        start = torch.empty(len(counts), dtype=torch.long)
+        for number, row in enumerate(layout):
+            used = 0
+            for index in row:
+                row_of[index], start[index] = number, used
+                used += counts[index]
+        within = torch.arange(len(self.source[0])) - (torch.cumsum(lengths, 0) - lengths).repeat_interleave(
+            lengths
+        )
+        self.target = (row_of.repeat_interleave(lengths), start.repeat_interleave(lengths) + within)
+        shape = (len(layout), width)
+        self.inputs = {
+            "input_ids": input_ids.new_zeros(shape),
+            "token_type_ids": token_type_ids.new_zeros(shape),
+            "position_ids": torch.zeros(shape, dtype=torch.long),
+            "segment_ids": torch.zeros(shape, dtype=torch.long),
+        }
+        self.inputs["input_ids"][self.target] = input_ids[self.source]
+        self.inputs["token_type_ids"][self.target] = token_type_ids[self.source]
+        self.inputs["position_ids"][self.target] = within + offset
+        self.inputs["segment_ids"][self.target] = self.source[0] + 1
+
+    def unpack(self, output: torch.Tensor) -> torch.Tensor:
+        """Per-token outputs of the packed rows -> the padded batch's layout (padding positions zero)."""
+        result = output.new_zeros((*self.shape, *output.shape[2:]))
+        result[self.source] = output[self.target]
+        return result
