@@ -34,6 +34,7 @@ from bgekit.inference.inputs import (
 from bgekit.inference.kinds import LLM_KINDS, apply_kind_defaults, kind_dtype
 from bgekit.inference.m3 import M3Methods
 from bgekit.inference.options import EncodeOptions
+from bgekit.inference.packing import packing_encoder
 from bgekit.models.loading import load_config, load_tokenizer, model_max_length
 from bgekit.models.settings import EmbedderSettings, resolve_embedder_settings, validate_examples
 
@@ -378,7 +379,7 @@ class Embedder(M3Methods, DeviceModel):
             colbert_dim=settings.colbert_dim,
             colbert_normalize=settings.normalize,
         )
-        model = self._load_model()
+        model = packing_encoder(self._load_model(), self.device)
         engine = BatchEngine(
             batch_size=self.call_batch_size(batch_size),
             max_tokens_per_batch=self.max_tokens_per_batch,

@@ -29,14 +29,18 @@ import torch
 
 from bgekit.errors import ConfigError, ModelLoadError
 from bgekit.inference.onnx_backend import GraphRunner, Task, run_packed
-from bgekit.inference.packing import PACK_ROW_TOKENS, PackedBatch, unpacked_inputs
+from bgekit.inference.packing import (
+    PACK_ABOVE_PADDING,
+    PACK_ROW_TOKENS,
+    PACKED_TOKEN_COST,
+    PackedBatch,
+    unpacked_inputs,
+)
 
-PACK_ABOVE_PADDING = 0.1
-"""Pack a batch (shared rows, or equal-length groups for a graph without segment ids) when more than this
-share of its tokens is padding..."""
 MIN_ROWS_PER_PACKED_CALL = 8
-"""... and its equal-length groups hold at least this many rows on average: each call has a fixed cost (a new
-input shape), so a batch of a few rows of each length runs faster padded."""
+"""A graph without segment ids runs a batch with more than ``PACK_ABOVE_PADDING`` padding as equal-length
+groups when they hold at least this many rows on average: each call has a fixed cost (a new input shape),
+so a batch of a few rows of each length runs faster padded."""
 
 _PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -80,10 +84,8 @@ class OpenVinoRunner(GraphRunner):
             raise ConfigError(f"backend='openvino' runs dtype 'fp32' or 'bf16', not {dtype!r}")
         self.task, self.path, self.dtype, self.backend = task, path, dtype, "openvino"
         self.position_offset = position_offset
-        self.packed_token_cost = None if position_offset is None else 1.0 / (1.0 - PACK_ABOVE_PADDING)
-        """Short texts share rows (the packed graph): a packed batch's real token costs about this many
-        padded ones (rows of 128 tokens attend further than short padded rows), so a batch is packed
-        exactly when more than ``PACK_ABOVE_PADDING`` of it would be padding; the batch planner's cost."""
+        self.packed_token_cost = None if position_offset is None else PACKED_TOKEN_COST
+        """Short texts share rows (the packed graph): the batch planner's cost of a packed real token."""
         self.threads = int(threads or torch.get_num_threads())
         self._local = threading.local()  # an infer request serves one call at a time: one per thread
         self.set_streams(streams)
@@ -140,7 +142,14 @@ class OpenVinoRunner(GraphRunner):
             batch = PackedBatch(
                 input_ids, token_type_ids, real, lengths, offset=self.position_offset, capacity=capacity
             )
-            return batch.unpack(self._infer(batch.inputs))
+            output = self._infer(batch.inputs)
+            if capacity is not None and not bool(torch.isfinite(output).all()):
+                # one text's NaN reaches the other texts of its row: one text per row names only its own
+                batch = PackedBatch(
+                    input_ids, token_type_ids, real, lengths, offset=self.position_offset, capacity=None
+                )
+                output = self._infer(batch.inputs)
+            return batch.unpack(output)
         # left padding would shift the position ids of an encoder (it counts from the first column): pack it
         calls = int(lengths[lengths > 0].unique().numel())  # one call per distinct length when packed
         worth_packing = padding > PACK_ABOVE_PADDING and calls * MIN_ROWS_PER_PACKED_CALL <= len(lengths)

@@ -15,9 +15,17 @@ BERT counts from 0, RoBERTa and XLM-RoBERTa from their padding id + 1.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+PACK_ABOVE_PADDING = 0.1
+"""Pack a batch when more than this share of its tokens is padding. A packed batch's real token costs
+about 1 / (1 - this) padded ones (rows of 128 tokens attend further than short padded rows): the batch
+planner's ``packed_token_cost`` (:data:`PACKED_TOKEN_COST`)."""
+
+PACKED_TOKEN_COST = 1.0 / (1.0 - PACK_ABOVE_PADDING)
 
 PACK_ROW_TOKENS = 128
 """Tokens per packed row (a longer text gets a row of its own). Rows of 96-128 tokens ran groups of 36
@@ -58,9 +66,93 @@ class PackedEncoder(torch.nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         given = dict(zip(self.names, inputs, strict=True))
         segments = given.pop("segment_ids")
-        same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
-        out = self.model(**given, attention_mask=same.long(), return_dict=True)  # 3-D mask: (row, query, key)
+        out = self.model(**given, attention_mask=segment_mask(segments), return_dict=True)
         return out.last_hidden_state
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(rows, query, key) attention mask: a token sees the tokens of its own segment; segment 0 is padding.
+
+    A 3-D mask is what ``transformers``' BERT-family encoders take for their eager and SDPA attention.
+
+    Example:
+        >>> segment_mask(torch.tensor([[1, 1, 2, 0]]))[0]
+        tensor([[1, 1, 0, 0],
+                [1, 1, 0, 0],
+                [0, 0, 1, 0],
+                [0, 0, 0, 0]])
+    """
+    return ((segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)).long()
+
+
+class PackingEncoder:
+    """A PyTorch encoder called like itself that runs a batch with much padding as packed rows.
+
+    On the CPU a padded token costs what a real one costs; a batch with more than ``PACK_ABOVE_PADDING``
+    padding (a server's group of short queries of many lengths) runs with its texts in shared rows of
+    ``PACK_ROW_TOKENS`` tokens under a block-diagonal mask, in one forward pass; others run as they are.
+    A packed batch with NaN or infinite outputs runs again padded, as one text's NaN reaches the other texts
+    of its row, so the engine's error names only the inputs that gave them.
+    Use :func:`packing_encoder` to wrap a model only where this holds.
+
+    Example:
+        >>> encoder = packing_encoder(model, torch.device("cpu"))     # doctest: +SKIP
+        >>> encoder(input_ids=ids, attention_mask=mask).last_hidden_state   # doctest: +SKIP
+    """
+
+    packed_token_cost = PACKED_TOKEN_COST
+
+    def __init__(self, model: Any, offset: int) -> None:
+        self.model, self.offset = model, offset
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> SimpleNamespace:
+        real = attention_mask > 0
+        lengths = real.sum(1)
+        padding = 1.0 - float(lengths.sum()) / max(input_ids.numel(), 1)
+        if padding <= PACK_ABOVE_PADDING or not bool(lengths.all()):
+            return self._padded(input_ids, attention_mask, token_type_ids)
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        batch = PackedBatch(input_ids, types, real, lengths, offset=self.offset, capacity=PACK_ROW_TOKENS)
+        inputs = dict(batch.inputs)
+        mask = segment_mask(inputs.pop("segment_ids"))
+        hidden = self.model(**inputs, attention_mask=mask, return_dict=True).last_hidden_state
+        if not bool(torch.isfinite(hidden).all()):  # NaN reaches the other texts of its row: run unpacked
+            return self._padded(input_ids, attention_mask, token_type_ids)
+        return SimpleNamespace(last_hidden_state=batch.unpack(hidden))
+
+    def _padded(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> SimpleNamespace:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=True,
+        )
+        return SimpleNamespace(last_hidden_state=out.last_hidden_state)
+
+    __call__ = forward
+
+
+def packing_encoder(model: Any, device: torch.device) -> Any:
+    """``model`` wrapped in a :class:`PackingEncoder` where packing pays and is exact, else ``model`` itself.
+
+    That is a ``transformers`` encoder on the CPU (an accelerator's fused attention runs only without a
+    dense mask) with eager or SDPA attention and positions :func:`position_offset` knows.
+    """
+    config = getattr(model, "config", None)
+    if device.type != "cpu" or not isinstance(model, torch.nn.Module) or config is None:
+        return model
+    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return model
+    offset = position_offset(config)
+    return model if offset is None else PackingEncoder(model, offset)
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
