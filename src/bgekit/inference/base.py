@@ -212,13 +212,12 @@ class DeviceModel:
         from bgekit.inference.openvino_backend import OpenVinoRunner, require_openvino
 
         require_openvino()  # before a slow export that would be of no use
+        from bgekit.inference.packing import position_offset
+
+        config = getattr(self, "config", None)  # the config the model class loaded (an embedder's)
         offset = None
-        if self.onnx_task == "feature-extraction":  # a classifier reads each row's first token: never packed
-            from transformers import AutoConfig
-
-            from bgekit.inference.packing import position_offset
-
-            offset = position_offset(AutoConfig.from_pretrained(self.folder))
+        if self.onnx_task == "feature-extraction" and config is not None:  # a classifier is never packed
+            offset = position_offset(config)
         graph = self._onnx_graph(packed=offset is not None)
         return OpenVinoRunner(graph, self.onnx_task, self.dtype, position_offset=offset)
 

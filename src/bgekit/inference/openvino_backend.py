@@ -34,6 +34,7 @@ from bgekit.inference.packing import (
     PACK_ROW_TOKENS,
     PACKED_TOKEN_COST,
     PackedBatch,
+    padding_share,
     unpacked_inputs,
 )
 
@@ -131,7 +132,7 @@ class OpenVinoRunner(GraphRunner):
     def _compute(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        padding = 1.0 - float(lengths.sum()) / max(input_ids.numel(), 1)
+        padding = padding_share(input_ids, lengths)
         right_padded = bool((real == (torch.arange(real.shape[1]) < lengths[:, None])).all())
         if self.position_offset is not None:
             if not bool(lengths.any()):

@@ -114,8 +114,7 @@ class PackingEncoder:
     ) -> SimpleNamespace:
         real = attention_mask > 0
         lengths = real.sum(1)
-        padding = 1.0 - float(lengths.sum()) / max(input_ids.numel(), 1)
-        if padding <= PACK_ABOVE_PADDING or not bool(lengths.all()):
+        if padding_share(input_ids, lengths) <= PACK_ABOVE_PADDING or not bool(lengths.all()):
             return self._padded(input_ids, attention_mask, token_type_ids)
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         batch = PackedBatch(input_ids, types, real, lengths, offset=self.offset, capacity=PACK_ROW_TOKENS)
@@ -153,6 +152,16 @@ def packing_encoder(model: Any, device: torch.device) -> Any:
         return model
     offset = position_offset(config)
     return model if offset is None else PackingEncoder(model, offset)
+
+
+def padding_share(input_ids: torch.Tensor, lengths: torch.Tensor) -> float:
+    """The share of a padded batch's positions that are padding.
+
+    Example:
+        >>> padding_share(torch.zeros(2, 4), torch.tensor([4, 2]))
+        0.25
+    """
+    return 1.0 - float(lengths.sum()) / max(input_ids.numel(), 1)
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
