@@ -195,8 +195,17 @@ def best_peaks(before: dict[str, float], threads: int, device: str = "cpu") -> d
 
 
 def arithmetic_of(path: str, peaks: dict[str, float]) -> str:
-    """Which measured matmul peak a path is held against: its own arithmetic where it was measured."""
-    return next((d for d in ("bf16", "fp16", "int8") if d in path and d in peaks), "fp32")
+    """Which measured matmul peak a path is held against: its own arithmetic where it was measured faster
+    than fp32, else fp32 (a CPU without bf16 instructions emulates bf16 or, on OpenVINO, runs f32 instead).
+
+    Example:
+        >>> arithmetic_of("bgekit-openvino-bf16", {"fp32": 178.0, "bf16": 0.4})
+        'fp32'
+        >>> arithmetic_of("bgekit-openvino-bf16", {"fp32": 350.0, "bf16": 2300.0})
+        'bf16'
+    """
+    fp32 = peaks.get("fp32", 0.0)
+    return next((d for d in ("bf16", "fp16", "int8") if d in path and peaks.get(d, 0.0) > fp32), "fp32")
 
 
 def describe_peaks(peaks: dict[str, float]) -> str:

@@ -31,12 +31,19 @@ def test_outputs_come_back_in_input_order_and_budget_holds(lengths: list[int], b
         assert padded <= budget or len(batch) == 1  # a single over-long input still runs
 
 
-def plan_cost(lengths: list[int], ends: list[int], overhead: int, packed: float | None = None) -> float:
-    """Padded tokens (or, with ``packed``, at most real tokens times it) plus ``overhead`` per batch."""
+def plan_cost(
+    lengths: list[int],
+    ends: list[int],
+    overhead: int,
+    packed: float | None = None,
+    packed_max_length: int | None = None,
+) -> float:
+    """Padded tokens (or, with ``packed``, at most real tokens times it for a batch whose longest input has
+    at most ``packed_max_length`` tokens) plus ``overhead`` per batch."""
     cost = 0.0
     for start, end in zip([0, *ends[:-1]], ends, strict=True):
         work = float((end - start) * max(1, lengths[start]))
-        if packed is not None:
+        if packed is not None and (packed_max_length is None or lengths[start] <= packed_max_length):
             work = min(work, packed * sum(max(1, n) for n in lengths[start:end]))
         cost += work + overhead
     return cost
@@ -46,16 +53,17 @@ def plan_cost(lengths: list[int], ends: list[int], overhead: int, packed: float 
     st.lists(st.integers(min_value=1, max_value=80), min_size=1, max_size=9),
     st.integers(1, 5),
     st.sampled_from([None, 1.1]),
+    st.sampled_from([None, 40]),
 )
 @settings(max_examples=80, deadline=None)
 def test_planned_batches_are_the_cheapest_split(
-    lengths: list[int], batch_size: int, packed: float | None
+    lengths: list[int], batch_size: int, packed: float | None, packed_max_length: int | None
 ) -> None:
     """The planner's split costs no more than any other split that keeps the limits (brute force), with
-    padded batches or with a runner that packs short texts into shared rows."""
+    padded batches or with a runner that packs short texts into shared rows (up to a longest length)."""
     lengths = sorted(lengths, reverse=True)
     budget, overhead = 120, 16
-    ends = plan_batches(lengths, batch_size, budget, overhead, packed)
+    ends = plan_batches(lengths, batch_size, budget, overhead, packed, packed_max_length)
     n = len(lengths)
 
     def allowed(ends: list[int]) -> bool:
@@ -67,11 +75,13 @@ def test_planned_batches_are_the_cheapest_split(
 
     assert ends[-1] == n and allowed(ends)
     best = min(
-        plan_cost(lengths, [i + 1 for i in range(n - 1) if mask >> i & 1] + [n], overhead, packed)
+        plan_cost(
+            lengths, [i + 1 for i in range(n - 1) if mask >> i & 1] + [n], overhead, packed, packed_max_length
+        )
         for mask in range(2 ** (n - 1))
         if allowed([i + 1 for i in range(n - 1) if mask >> i & 1] + [n])
     )
-    assert plan_cost(lengths, ends, overhead, packed) == pytest.approx(best)
+    assert plan_cost(lengths, ends, overhead, packed, packed_max_length) == pytest.approx(best)
 
 
 @given(st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=200), st.integers(1, 64))
@@ -114,6 +124,15 @@ def test_a_mixed_group_runs_as_one_batch_when_the_model_packs_rows() -> None:
         engine.run(lengths, lambda idx, seen=batches: seen.append(idx) or [0] * len(idx))
     assert [sorted(b) for b in runs[1.1]] == [list(range(36))]
     assert len(runs[None]) > 1
+    batches = []  # a packed batch holds no text longer than the runner's packed_max_length
+    BatchEngine(
+        batch_size=256,
+        max_tokens_per_batch=4096,
+        overhead_tokens=32,
+        packed_token_cost=1.1,
+        packed_max_length=30,
+    ).run(lengths, lambda idx: batches.append(idx) or [0] * len(idx))
+    assert len(batches) > 1 and [sorted(b) for b in batches][-1] == list(range(21))  # lengths 10-30
 
 
 def test_out_of_memory_back_off_works_with_planned_batches() -> None:

@@ -103,7 +103,7 @@ def test_packed_rows_give_each_text_what_it_gets_alone(
     queries, passage = list(texts[1][:12]), texts[0][0]["text"]
     cases = {  # texts, side -> rows fed (None: as many as the batch has)
         "many short texts of many lengths": (queries, "right", 3),
-        "one over a row's length among short ones": ([passage, *queries[:6]], "right", 2),
+        "one longer than a row among short ones: one text per row": ([passage, *queries[:6]], "right", None),
         "left padding": (queries[:6], "left", 1),
         "little padding: one text per row": ([queries[1], queries[1] + " again"], "right", None),
     }

@@ -43,6 +43,7 @@ def plan_batches(
     max_tokens: int | None,
     overhead: int,
     packed_token_cost: float | None = None,
+    packed_max_length: int | None = None,
 ) -> list[int]:
     """Batch ends for inputs sorted longest first that minimise padded tokens plus ``overhead`` per batch.
 
@@ -53,13 +54,19 @@ def plan_batches(
     at most ``batch_size`` rows and ``max_tokens`` padded tokens per batch (a single input over the budget
     still gets a batch of its own). With ``packed_token_cost`` (a runner that packs short texts into
     shared rows) a batch costs at most its real tokens times that factor, so a mixed group runs as one
-    packed batch instead of several padded ones.
+    packed batch instead of several padded ones; with ``packed_max_length`` too, only a batch whose
+    longest input has at most that many tokens can run packed.
 
     Example:
         >>> plan_batches([40, 39, 10, 9, 9, 8], batch_size=8, max_tokens=None, overhead=8)
         [2, 6]
         >>> plan_batches([40, 39, 10, 9, 9, 8], batch_size=8, max_tokens=None, overhead=8, packed_token_cost=1.1)
         [6]
+        >>> plan_batches(
+        ...     [40, 39, 10, 9, 9, 8], batch_size=8, max_tokens=None, overhead=8,
+        ...     packed_token_cost=1.1, packed_max_length=32,
+        ... )
+        [2, 6]
     """
     n = len(lengths)
     if n == 0:
@@ -75,7 +82,10 @@ def plan_batches(
         rows = end - starts
         work = (rows * longest[first:end]).astype(np.float64)
         if packed_token_cost is not None:
-            work = np.minimum(work, packed_token_cost * (before[end] - before[first:end]))
+            packed = packed_token_cost * (before[end] - before[first:end])
+            if packed_max_length is not None:
+                packed = np.where(longest[first:end] <= packed_max_length, packed, np.inf)
+            work = np.minimum(work, packed)
         cost = best[first:end] + work + overhead
         if max_tokens is not None:
             over = rows * longest[first:end] > max_tokens
@@ -127,6 +137,7 @@ class BatchEngine:
             (see :func:`batch_overhead_tokens`).
         packed_token_cost: the model packs a batch's short texts into shared rows, each real token costing
             this many padded ones (see :func:`plan_batches`); ``None``: every batch runs padded.
+        packed_max_length: the longest input a packed batch may hold; ``None``: no limit.
 
     Example:
         >>> engine = BatchEngine(batch_size=2)
@@ -146,6 +157,7 @@ class BatchEngine:
         position_offset: int = 0,
         overhead_tokens: int | None = None,
         packed_token_cost: float | None = None,
+        packed_max_length: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is not valid; expected >= 1")
@@ -160,6 +172,7 @@ class BatchEngine:
         self.position_offset = position_offset
         self.overhead_tokens = overhead_tokens
         self.packed_token_cost = packed_token_cost
+        self.packed_max_length = packed_max_length
         self.backoffs = 0
         """How many times the last ``run`` shrank a batch after an out-of-memory error."""
 
@@ -203,6 +216,7 @@ class BatchEngine:
                 self.max_tokens_per_batch,
                 self.overhead_tokens,
                 self.packed_token_cost,
+                self.packed_max_length,
             )
             planned = dict(zip([0, *ends[:-1]], ends, strict=True))
         with tqdm(total=n, desc=self.desc, disable=not show, unit="item") as bar:

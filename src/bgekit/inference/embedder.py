@@ -388,6 +388,7 @@ class Embedder(M3Methods, DeviceModel):
             position_offset=position_offset,
             overhead_tokens=batch_overhead_tokens(self.device),
             packed_token_cost=getattr(model, "packed_token_cost", None),  # a runner that packs short texts
+            packed_max_length=getattr(model, "packed_max_length", None),
         )
         outputs = run_encode_step(
             engine,

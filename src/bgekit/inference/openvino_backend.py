@@ -7,10 +7,10 @@ arithmetic, ``bf16`` for bf16 (where the CPU has no bf16 instructions OpenVINO r
 
 Like the ONNX runner, the runner is called like a ``transformers`` model, so the batching engine and heads
 do not know which backend runs. An embedder whose encoder can be packed (``packing.position_offset``: BERT,
-RoBERTa, XLM-RoBERTa) runs the packed export: a batch with more than ``PACK_ABOVE_PADDING`` padding (many
-short texts of many lengths, as in a server's groups of small requests) runs with its texts laid end to
-end in shared rows, each attending only to itself, in one call; a batch with little padding (the engine's
-length-sorted batches of long texts) runs one text per row.
+RoBERTa, XLM-RoBERTa) runs the packed export: a batch with more than ``PACK_ABOVE_PADDING`` padding and no
+text longer than ``PACK_MAX_LENGTH`` tokens (many short texts of many lengths, as in a server's groups of
+small requests) runs with its texts laid end to end in shared rows, each attending only to itself, in one
+call; other batches (the engine's length-sorted batches of long texts) run one text per row.
 
 Other graphs (cross-encoders, encoders that cannot be packed) take the attention mask: a batch with little
 padding runs as it is; one with more than ``PACK_ABOVE_PADDING`` padding whose rows share few lengths runs
@@ -31,11 +31,13 @@ from bgekit.errors import ConfigError, ModelLoadError
 from bgekit.inference.onnx_backend import GraphRunner, Task, run_packed
 from bgekit.inference.packing import (
     PACK_ABOVE_PADDING,
+    PACK_MAX_LENGTH,
     PACK_ROW_TOKENS,
     PACKED_TOKEN_COST,
     PackedBatch,
     padding_share,
     unpacked_inputs,
+    worth_packing,
 )
 
 MIN_ROWS_PER_PACKED_CALL = 8
@@ -87,6 +89,8 @@ class OpenVinoRunner(GraphRunner):
         self.position_offset = position_offset
         self.packed_token_cost = None if position_offset is None else PACKED_TOKEN_COST
         """Short texts share rows (the packed graph): the batch planner's cost of a packed real token."""
+        self.packed_max_length = None if position_offset is None else PACK_MAX_LENGTH
+        """The longest text a packed batch holds (longer ones run one per row)."""
         self.threads = int(threads or torch.get_num_threads())
         self._local = threading.local()  # an infer request serves one call at a time: one per thread
         self.set_streams(streams)
@@ -137,9 +141,9 @@ class OpenVinoRunner(GraphRunner):
         if self.position_offset is not None:
             if not bool(lengths.any()):
                 raise ConfigError("every row of the batch is empty (its attention mask is all zeros)")
-            if padding <= PACK_ABOVE_PADDING and right_padded:  # one text per row, as it came
+            capacity = PACK_ROW_TOKENS if worth_packing(input_ids, lengths) else None
+            if capacity is None and right_padded:  # one text per row, as it came
                 return self._infer(unpacked_inputs(input_ids, token_type_ids, real, self.position_offset))
-            capacity = PACK_ROW_TOKENS if padding > PACK_ABOVE_PADDING else None
             batch = PackedBatch(
                 input_ids, token_type_ids, real, lengths, offset=self.position_offset, capacity=capacity
             )
@@ -153,8 +157,8 @@ class OpenVinoRunner(GraphRunner):
             return batch.unpack(output)
         # left padding would shift the position ids of an encoder (it counts from the first column): pack it
         calls = int(lengths[lengths > 0].unique().numel())  # one call per distinct length when packed
-        worth_packing = padding > PACK_ABOVE_PADDING and calls * MIN_ROWS_PER_PACKED_CALL <= len(lengths)
-        if worth_packing or not right_padded:
+        groups_pay = padding > PACK_ABOVE_PADDING and calls * MIN_ROWS_PER_PACKED_CALL <= len(lengths)
+        if groups_pay or not right_padded:
             return run_packed(self._run, self.task, input_ids, token_type_ids, real, lengths)
         return self._run(input_ids, token_type_ids, real)
 
