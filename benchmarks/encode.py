@@ -12,7 +12,10 @@ fp32 and its dynamic int8 graph (``export_dynamic_quantized_onnx_model``, config
 flags), ``backend="openvino"`` fp32 (precision hint f32), with OpenVINO's default precision (``-default``: bf16 on
 CPUs with AMX or AVX512-BF16) and OpenVINO static int8 (ST's ``export_static_quantized_openvino_model``
 with its calibration set replaced by local SciFact texts that are not timed), and FastEmbed on the graph
-sentence-transformers exported. bgekit's ``bgekit-onnx-int8-static`` is calibrated on the same texts;
+sentence-transformers exported. bgekit's ``bgekit-onnx-int8-static`` (ONNX Runtime) and
+``bgekit-openvino-int8-static`` (NNCF for OpenVINO, ``dtype="auto"`` around the int8 MatMuls) are calibrated
+on the same texts by ``calibrate_int8`` (``bgekit quantize``), which keeps the fewest MatMuls unquantised
+that hold cosine >= 0.995 on held-out texts;
 ``bgekit-openvino-fp32`` and ``-bf16`` run bgekit's engine on OpenVINO (``backend="openvino"``). Each
 path is shown against sentence-transformers fp32 and against the fastest peer path of the run.
 ``bgekit-auto`` is ``backend="auto", dtype="auto"`` (its one-off measurement at load is not timed); the last
@@ -68,8 +71,10 @@ PATHS = [
     "bgekit-onnx-int8-static",
     "bgekit-openvino-fp32",
     "bgekit-openvino-bf16",
+    "bgekit-openvino-int8-static",
     "bgekit-auto",
 ]
+STATIC_INT8 = {"bgekit-onnx-int8-static": "onnx", "bgekit-openvino-int8-static": "openvino"}
 GPU_PATHS = ["st-fp16", "flag-fp16", "bgekit-fp32", "bgekit-fp16", "bgekit-bf16"]
 ALL_PATHS = list(dict.fromkeys(PATHS + GPU_PATHS))
 REFERENCE = "bgekit-fp32"
@@ -124,8 +129,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     plain, items, _ = texts_for(args.what, args.limit)
     extra_queries, _ = test_queries() if args.what == "docs" else ([], [])
-    if name == "bgekit-onnx-int8-static":
-        model = static_int8_embedder(args)
+    if name in STATIC_INT8:
+        model = static_int8_embedder(args, STATIC_INT8[name])
         if model is None:  # --prepare: calibrated and saved, nothing to time
             print("{}")
             return
@@ -201,8 +206,9 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": memory, "chose": chosen}))
 
 
-def static_int8_embedder(args: argparse.Namespace) -> Any:
-    """bgekit's static int8 graph, calibrated (once, cached under .bench/) on ``calibration_texts``."""
+def static_int8_embedder(args: argparse.Namespace, backend: str) -> Any:
+    """bgekit's static int8 graph for ``backend``, calibrated (once, cached under .bench/) on
+    ``calibration_texts``."""
     from bgekit import Embedder
     from bgekit.inference.calibrate import calibrate_int8
 
@@ -211,22 +217,29 @@ def static_int8_embedder(args: argparse.Namespace) -> Any:
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         ".bench",
         "models",
-        "bgekit-int8-static",
+        "bgekit-int8-static" if backend == "onnx" else "bgekit-openvino-int8-static",
         f"{os.path.basename(args.model.rstrip('/'))}-{args.what}-{args.limit or 'all'}",
     )
     if args.prepare:
+        held_out = min(100, len(texts) // 3)
         report = calibrate_int8(
-            args.model, texts, out, held_out=min(100, len(texts) // 3), max_length=args.max_length
+            args.model, texts, out, held_out=held_out, max_length=args.max_length, backend=backend
         )
         print(
             f"calibrated on {report.calibration_texts} texts; held-out min cosine {report.min_cosine:.5f}, "
-            f"mean {report.mean_cosine:.5f}",
+            f"mean {report.mean_cosine:.5f}; unquantised: {', '.join(report.fp32_groups) or 'none'}",
             file=sys.stderr,
         )
         return None
     length = args.max_length
+    runtime = {"backend": "openvino", "dtype": "auto"} if backend == "openvino" else {}
     return Embedder(
-        out, device="cpu", quantization="int8-static", query_max_length=length, passage_max_length=length
+        out,
+        device="cpu",
+        quantization="int8-static",
+        query_max_length=length,
+        passage_max_length=length,
+        **runtime,
     )
 
 
@@ -347,7 +360,7 @@ def main() -> None:
                         __file__, path, ENCODE_PEERS[path], worker_args[2:], args.threads
                     )
                 else:
-                    if path == "bgekit-onnx-int8-static":  # calibration is not timed, nor its memory
+                    if path in STATIC_INT8:  # calibration is not timed, nor its memory
                         run_worker(__file__, [path, "--prepare", *worker_args[2:]], args.threads)
                     results[path] = run_worker(__file__, worker_args[1:], args.threads)
             except PeerInstallError as exc:

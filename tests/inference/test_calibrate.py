@@ -105,3 +105,49 @@ def test_too_few_texts_and_bad_items_are_named(minilm_path: str, tmp_path: pytes
         calibrate_int8(minilm_path, ["a", 3] * 100, str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="unknown groups \\['pooler'\\]"):
         calibrate_int8(minilm_path, ["a"] * 200, str(tmp_path / "x"), keep_fp32=["pooler"])
+
+
+@pytest.fixture(scope="module")
+def calibrated_openvino(tmp_path_factory: pytest.TempPathFactory, minilm_path: str, documents: list) -> tuple:
+    pytest.importorskip("nncf")
+    out = str(tmp_path_factory.mktemp("calibrated-ov") / "minilm-ov-int8")
+    return out, calibrate_int8(minilm_path, documents, out, held_out=HELD_OUT, backend="openvino")
+
+
+def test_openvino_int8_reaches_threshold_and_reloads_with_the_checked_vectors(
+    calibrated_openvino: tuple, minilm_path: str, documents: list
+) -> None:
+    import openvino
+
+    out, report = calibrated_openvino
+    assert report.path.endswith("-int8-static-openvino-v2.xml") and report.path.startswith(out)
+    assert sorted(os.listdir(os.path.dirname(report.path))) == sorted(
+        [os.path.basename(report.path), os.path.basename(report.path)[: -len(".xml")] + ".bin"]
+    )
+    assert report.min_cosine >= 0.995 and report.min_cosine <= report.mean_cosine < 1.0
+    graph = openvino.Core().read_model(report.path)
+    quantizers = [op for op in graph.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert len(quantizers) >= 18  # int8 MatMuls in all 6 layers, not a copy of the fp32 graph
+    unquantised = set(report.fp32_nodes)
+    assert len(unquantised) == 6 * len(report.fp32_groups)  # one MatMul per layer and group
+    held_out = documents[-HELD_OUT:]
+    model = Embedder(out, device="cpu", backend="openvino", quantization="int8-static", dtype="auto")
+    reloaded = np.asarray(model.encode_corpus(held_out))
+    reference = np.asarray(Embedder(minilm_path, device="cpu").encode_corpus(held_out))
+    cosines = (reloaded * reference).sum(1)
+    assert float(cosines.min()) == pytest.approx(report.min_cosine, abs=1e-5)
+    # many short texts of many lengths run as packed rows through the same int8 graph: each as if alone
+    titles = [d["title"] for d in documents[:24]]
+    together = np.asarray(model.encode_corpus(titles))
+    alone = np.asarray([model.encode_corpus([t])[0] for t in titles[:6]])
+    np.testing.assert_allclose(together[:6], alone, atol=2e-2)
+    assert float((together[:6] * alone).sum(1).min()) >= 0.999
+
+
+def test_openvino_int8_without_its_graph_says_how_to_make_one(calibrated: tuple) -> None:
+    pytest.importorskip("openvino")
+    out, _ = calibrated  # an ONNX Runtime calibration: no OpenVINO graph in it
+    with pytest.raises(ConfigError, match="bgekit quantize --backend openvino"):
+        Embedder(out, device="cpu", backend="openvino", quantization="int8-static").encode(["a text"])
+    with pytest.raises(ConfigError, match="'int8' runs on backend='onnx'"):
+        Embedder(out, device="cpu", backend="openvino", quantization="int8")

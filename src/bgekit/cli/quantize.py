@@ -5,10 +5,12 @@ reads) or a plain text file with one text per line. A seeded random sample of ``
 calibrates the activation ranges; ``--held-out`` other texts check the result, and a graph whose minimum
 cosine to fp32 on them is below ``--threshold`` is refused (nothing is written). The output folder holds
 the model's files and the calibrated graph; load it with
-``Embedder(OUT, quantization="int8-static")``.
+``Embedder(OUT, quantization="int8-static")``, or, calibrated with ``--backend openvino``,
+``Embedder(OUT, backend="openvino", quantization="int8-static")``.
 
 Example:
     bgekit quantize --model all-MiniLM-L6-v2 --corpus corpus.jsonl --out minilm-int8
+    bgekit quantize --backend openvino --model all-MiniLM-L6-v2 --corpus corpus.jsonl --out minilm-ov-int8
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="MatMul groups left in fp32, comma-separated (ffn-output, ffn-input, attention-qkv, last-layer; "
         "'none' for none), or 'auto' (default): the fewest that reach --threshold",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["onnx", "openvino"],
+        default="onnx",
+        help="runtime the graph is calibrated for: ONNX Runtime (default) or OpenVINO (bgekit[openvino])",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the text sample")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -78,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         max_length=args.max_length,
         keep_fp32=keep_fp32_groups(args.keep_fp32),
+        backend=args.backend,
     )
     print(
         f"calibrated on {report.calibration_texts} texts; on {report.held_out_texts} held-out texts the "
         f"int8 vectors reach cosine min {report.min_cosine:.5f}, mean {report.mean_cosine:.5f} to fp32 "
-        f"({len(report.fp32_nodes)} MatMuls kept in fp32: {', '.join(report.fp32_groups) or 'none'}) -> {args.out}",
+        f"({len(report.fp32_nodes)} MatMuls left unquantised: {', '.join(report.fp32_groups) or 'none'}) "
+        f"-> {args.out}; load it with backend={args.backend!r}, quantization='int8-static'",
         file=sys.stderr,
     )
     return 0

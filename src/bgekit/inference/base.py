@@ -218,8 +218,26 @@ class DeviceModel:
         offset = None
         if self.onnx_task == "feature-extraction" and config is not None:  # a classifier is never packed
             offset = position_offset(config)
-        graph = self._onnx_graph(packed=offset is not None)
+        if self.quantization == "int8-static":
+            graph = self._calibrated_openvino_graph()
+        else:
+            graph = self._onnx_graph(packed=offset is not None)
         return OpenVinoRunner(graph, self.onnx_task, self.dtype, position_offset=offset)
+
+    def _calibrated_openvino_graph(self) -> str:
+        """The int8 OpenVINO IR ``bgekit quantize --backend openvino`` wrote beside these weights."""
+        from bgekit.inference.onnx_backend import calibrated_graph_name
+
+        self._check_onnx()
+        name = calibrated_graph_name(file_fingerprint(self.folder)[:16], self.onnx_task, "openvino")
+        graph = os.path.join(self.folder, "onnx", name)
+        if not os.path.isfile(graph):
+            raise ConfigError(
+                f"quantization='int8-static' with backend='openvino' needs a calibrated graph at {graph!r} "
+                "(for these weights); make one with `bgekit quantize --backend openvino --model ... --corpus ... "
+                "--out ...` and load the folder it writes"
+            )
+        return graph
 
     def set_streams(self, streams: int) -> None:
         """Let ``streams`` calls of this model run at once from different threads, the CPU threads split

@@ -10,6 +10,12 @@ whose GELU output spans the widest range, then, only if the result is still belo
 up-projections and then the query/key/value projections, whose inputs are LayerNorm outputs with BERT's
 few outlier dimensions.
 
+``backend="openvino"`` quantises the plain (or packed) export for OpenVINO instead, with NNCF's
+post-training quantisation (its transformer preset: SmoothQuant, per-channel int8 weights, bias
+correction), calibrated on the same texts and checked the same way; the MatMuls it leaves out run in the
+dtype the model is loaded with, bf16 on a CPU with bf16 instructions. It is written as an OpenVINO IR that
+``Embedder(folder, backend="openvino", quantization="int8-static")`` loads.
+
 The result is checked before it is kept: the calibrated graph encodes held-out texts (never the
 calibration ones), its vectors are compared with the fp32 model's, and a graph whose minimum cosine falls
 below ``threshold`` is refused with an error that names the figure. A kept graph is written with the
@@ -29,11 +35,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from bgekit.errors import ConfigError, InputError
 from bgekit.inference.onnx_backend import (
@@ -42,6 +49,8 @@ from bgekit.inference.onnx_backend import (
     export_onnx,
     require_onnxruntime,
 )
+from bgekit.inference.openvino_backend import require_openvino
+from bgekit.inference.packing import position_offset, unpacked_inputs
 from bgekit.io import replace_folder
 
 GROUPS = ("ffn-output", "ffn-input", "attention-qkv", "last-layer")
@@ -116,13 +125,22 @@ def matmul_groups(graph_path: str) -> dict[str, list[str]]:
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    gelu = ("Gelu", "BiasGelu", "FastGelu")
+    gelu = ("Gelu", "BiasGelu", "FastGelu", "Erf")  # Erf: the GELU an unfused export writes out in full
+    elementwise = ("Add", "Div", "Mul")
 
-    def feeds_gelu(node: Any, hops: int = 2) -> bool:
+    def feeds_gelu(node: Any, hops: int = 3) -> bool:
         following = [c for out in node.output for c in consumers.get(out, [])]
         return any(
-            c.op_type in gelu or (hops > 1 and c.op_type == "Add" and feeds_gelu(c, hops - 1))
+            c.op_type in gelu or (hops > 1 and c.op_type in elementwise and feeds_gelu(c, hops - 1))
             for c in following
+        )
+
+    def after_gelu(name: str, hops: int = 4) -> bool:
+        source = producers.get(name)
+        if source is None:
+            return False
+        return source.op_type in gelu or (
+            hops > 1 and source.op_type in elementwise and any(after_gelu(i, hops - 1) for i in source.input)
         )
 
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
@@ -130,8 +148,7 @@ def matmul_groups(graph_path: str) -> dict[str, list[str]]:
     last = f"layer.{layers[-1]}/" if layers else None
     groups: dict[str, list[str]] = {"ffn-output": [], "ffn-input": [], "attention-qkv": [], "last-layer": []}
     for node in matmuls:
-        source = producers.get(node.input[0])
-        if source is not None and source.op_type in gelu:
+        if after_gelu(node.input[0]):
             groups["ffn-output"].append(node.name)
         if feeds_gelu(node):
             groups["ffn-input"].append(node.name)
@@ -157,8 +174,9 @@ def calibrate_int8(
     threshold: float = DEFAULT_THRESHOLD,
     max_length: int | None = None,
     keep_fp32: str | Sequence[str] = "auto",
+    backend: str = "onnx",
 ) -> CalibrationReport:
-    """Quantise ``model``'s ONNX graph to static int8 calibrated on ``texts``; save it with the model.
+    """Quantise ``model``'s graph to static int8 calibrated on ``texts``; save it with the model.
 
     The last ``held_out`` texts are kept out of calibration and used only to check the result; the
     others calibrate the activation ranges.
@@ -171,9 +189,13 @@ def calibrate_int8(
         threshold: the lowest acceptable cosine between a held-out text's int8 and fp32 vectors.
         max_length: token limit of the calibration and held-out texts; default the model's own passage
             limit, the one ``Embedder(out, quantization="int8-static")`` applies.
-        keep_fp32: MatMul groups left in fp32 (``ffn-output``, ``ffn-input``, ``attention-qkv``,
+        keep_fp32: MatMul groups left unquantised (``ffn-output``, ``ffn-input``, ``attention-qkv``,
             ``last-layer``; empty: quantise all), or ``"auto"``: try ``AUTO_LADDER``'s sets in order and
             keep the first that reaches ``threshold``.
+        backend: ``"onnx"``: a QDQ graph for ONNX Runtime (``quantize_static``), the unquantised MatMuls
+            in fp32; ``"openvino"``: an OpenVINO IR quantised by NNCF (``bgekit[openvino]``), whose
+            unquantised MatMuls run in the dtype the model is loaded with (bf16 where the CPU has it).
+            The result loads with ``Embedder(out, backend=backend, quantization="int8-static")``.
 
     Returns:
         A ``CalibrationReport`` with the minimum and mean cosine to fp32 on the held-out texts.
@@ -186,15 +208,14 @@ def calibrate_int8(
         >>> calibrate_int8(model_path, corpus_texts, "out/minilm-int8").min_cosine  # doctest: +SKIP
         0.996
     """
-    ort = require_onnxruntime()
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     from transformers import AutoTokenizer
 
     from bgekit import Embedder
     from bgekit.inference.base import file_fingerprint
     from bgekit.models.loading import resolve_model_folder
 
+    if backend not in ("onnx", "openvino"):
+        raise ConfigError(f"backend={backend!r} is not valid for calibration; choose 'onnx' or 'openvino'")
     if not 0 < threshold <= 1:
         raise ConfigError(f"threshold={threshold!r} is not valid; give a cosine in (0, 1]")
     ladder = (
@@ -215,10 +236,6 @@ def calibrate_int8(
     calibration, check = plain[:-held_out], plain[-held_out:]
     folder = resolve_model_folder(model)
     fingerprint = file_fingerprint(folder)[:16]
-    fp32_graph = export_onnx(folder, "feature-extraction", None, fingerprint)
-    session = ort.InferenceSession(fp32_graph, providers=["CPUExecutionProvider"])
-    input_names = [i.name for i in session.get_inputs()]
-    del session
     tokenizer = AutoTokenizer.from_pretrained(folder)
     kwargs: dict[str, Any] = {"device": "cpu"}
     if max_length is not None:
@@ -226,7 +243,10 @@ def calibrate_int8(
     fp32 = Embedder(folder, **kwargs)
     reference = np.asarray(fp32.encode_corpus(check))
     length = fp32.token_limit("passage", max_length)
+    offset = position_offset(fp32.config) if backend == "openvino" else None
     del fp32
+    if backend == "openvino":  # checked as a user loads it: bf16 around the int8 MatMuls where bf16 is fast
+        kwargs.update(backend="openvino", dtype="auto")
 
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
@@ -235,32 +255,21 @@ def calibrate_int8(
     try:
         # the model's own files (not its cached graphs): the staged folder has the same fingerprint
         shutil.copytree(folder, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("onnx", ".*"))
-        graph = os.path.join(staged, "onnx", calibrated_graph_name(fingerprint))
+        graph = os.path.join(staged, "onnx", calibrated_graph_name(fingerprint, backend=backend))
         os.makedirs(os.path.dirname(graph))
-        # shapes and types of every tensor (the fused attention's outputs included), so no MatMul is
-        # skipped for an unknown input type
-        inferred = os.path.join(staged, "onnx", "inferred.onnx")
-        quant_pre_process(fp32_graph, inferred, skip_optimization=True)
-        roles = matmul_groups(inferred)
+        if backend == "openvino":
+            roles, quantize = _openvino_quantizer(
+                folder, fingerprint, offset, tokenizer, calibration, length, graph
+            )
+        else:
+            roles, quantize = _onnx_quantizer(folder, fingerprint, tokenizer, calibration, length, graph)
         for groups in ladder:
             excluded = sorted({name for group in groups for name in roles[group]})
-            quantize_static(
-                inferred,
-                graph,
-                _TextReader(tokenizer, calibration, length, input_names),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["MatMul"],
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=excluded,
-                extra_options={"ActivationSymmetric": False},
-            )
+            quantize(excluded)
             quantized = Embedder(staged, quantization="int8-static", **kwargs).encode_corpus(check)
             cosines = _cosines(np.asarray(quantized), reference)
             low, mean = float(cosines.min()), float(cosines.mean())
-            tried.append(f"fp32 {'+'.join(groups) or 'none'}: min {low:.5f}, mean {mean:.5f}")
+            tried.append(f"unquantised {'+'.join(groups) or 'none'}: min {low:.5f}, mean {mean:.5f}")
             if low >= threshold:
                 break
         else:
@@ -270,12 +279,14 @@ def calibrate_int8(
                 f"was saved to {out!r} (tried {'; '.join(tried)}). Try more or more typical calibration "
                 "texts, more MatMuls in fp32 (keep_fp32), or a lower threshold"
             )
-        os.remove(inferred)
+        for name in os.listdir(os.path.dirname(graph)):  # only the calibrated graph (and its weights) stay
+            if os.path.splitext(name)[0] != os.path.splitext(os.path.basename(graph))[0]:
+                os.remove(os.path.join(os.path.dirname(graph), name))
         replace_folder(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return CalibrationReport(
-        path=os.path.join(out, "onnx", calibrated_graph_name(fingerprint)),
+        path=os.path.join(out, "onnx", os.path.basename(graph)),
         calibration_texts=len(calibration),
         held_out_texts=len(check),
         min_cosine=low,
@@ -283,6 +294,95 @@ def calibrate_int8(
         fp32_nodes=tuple(excluded),
         fp32_groups=tuple(groups),
     )
+
+
+Quantize = Callable[[list[str]], None]
+"""Writes the calibrated graph with the named MatMuls left unquantised."""
+
+
+def _onnx_quantizer(
+    folder: str, fingerprint: str, tokenizer: Any, texts: list[str], length: int, graph: str
+) -> tuple[dict[str, list[str]], Quantize]:
+    """ONNX Runtime's ``quantize_static`` on the fused export: QDQ pairs, per-channel int8 weights,
+    asymmetric uint8 activations from a MinMax pass over ``texts``."""
+    ort = require_onnxruntime()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_graph = export_onnx(folder, "feature-extraction", None, fingerprint)
+    session = ort.InferenceSession(fp32_graph, providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    del session
+    # shapes and types of every tensor (the fused attention's outputs included), so no MatMul is skipped
+    # for an unknown input type
+    inferred = os.path.join(os.path.dirname(graph), "inferred.onnx")
+    quant_pre_process(fp32_graph, inferred, skip_optimization=True)
+
+    def quantize(excluded: list[str]) -> None:
+        quantize_static(
+            inferred,
+            graph,
+            _TextReader(tokenizer, texts, length, input_names),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded,
+            extra_options={"ActivationSymmetric": False},
+        )
+
+    return matmul_groups(inferred), quantize
+
+
+def _openvino_quantizer(
+    folder: str,
+    fingerprint: str,
+    offset: int | None,
+    tokenizer: Any,
+    texts: list[str],
+    length: int,
+    graph: str,
+) -> tuple[dict[str, list[str]], Quantize]:
+    """NNCF's post-training quantisation of the plain (or packed) export for OpenVINO: its transformer
+    preset (int8 MatMuls with SmoothQuant and bias correction), calibrated on ``texts`` one unpadded text
+    at a time, as the runner feeds them."""
+    openvino = require_openvino()
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ConfigError(
+            "calibration for backend='openvino' needs NNCF: pip install 'bgekit[openvino]'"
+        ) from exc
+    source = export_onnx(
+        folder, "feature-extraction", None, fingerprint, fuse=False, packed=offset is not None
+    )
+    core = openvino.Core()
+    input_names = [port.get_any_name() for port in core.read_model(source).inputs]
+    samples = []
+    for ids in tokenizer(texts, truncation=True, max_length=length)["input_ids"]:
+        row = torch.tensor([ids])
+        given = {
+            "input_ids": row,
+            "token_type_ids": torch.zeros_like(row),
+            "attention_mask": torch.ones_like(row),
+        }
+        if offset is not None:
+            given.update(unpacked_inputs(row, given["token_type_ids"], given["attention_mask"], offset))
+        samples.append({name: given[name].numpy().astype(np.int64) for name in input_names})
+
+    def quantize(excluded: list[str]) -> None:
+        quantized = nncf.quantize(
+            core.read_model(source),
+            nncf.Dataset(samples),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(samples),
+            ignored_scope=nncf.IgnoredScope(names=excluded, validate=False),
+        )
+        openvino.save_model(quantized, graph)
+
+    return matmul_groups(source), quantize
 
 
 __all__ = ["GRAPH_VERSION", "CalibrationError", "CalibrationReport", "calibrate_int8"]

@@ -83,8 +83,16 @@ class _Wrapper(torch.nn.Module):
         return out.last_hidden_state if self.task == "feature-extraction" else out.logits
 
 
-def calibrated_graph_name(fingerprint: str, task: Task = "feature-extraction") -> str:
-    """File name (under ``<model>/onnx/``) of a statically quantised graph written by ``calibrate``."""
+def calibrated_graph_name(fingerprint: str, task: Task = "feature-extraction", backend: str = "onnx") -> str:
+    """File name (under ``<model>/onnx/``) of a statically quantised graph written by ``calibrate``: an ONNX
+    QDQ graph for ONNX Runtime, an OpenVINO IR (``.xml`` beside its ``.bin``) for OpenVINO.
+
+    Example:
+        >>> calibrated_graph_name("0123abcd", backend="openvino")
+        'feature-extraction-0123abcd-int8-static-openvino-v2.xml'
+    """
+    if backend == "openvino":
+        return f"{task}-{fingerprint}-int8-static-openvino-{GRAPH_VERSION}.xml"
     return f"{task}-{fingerprint}-int8-static-{GRAPH_VERSION}.onnx"
 
 

@@ -136,11 +136,14 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
     if backend in GRAPH_BACKENDS and first.type != "cpu":
         raise ConfigError(f"backend={backend!r} runs on the CPU; use backend='torch' for {first}")
     if backend == "auto" and (quantization or first.type != "cpu"):
-        # int8 runs only on ONNX Runtime; accelerators run PyTorch: nothing to measure
+        # int8 runs on a graph calibrated for one runtime; accelerators run PyTorch: nothing to measure
         backend = "onnx" if quantization else "torch"
-    if quantization and backend != "onnx":
+    if quantization == "int8" and backend != "onnx":
+        raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
+    if quantization == "int8-static" and backend not in GRAPH_BACKENDS:
         raise ConfigError(
-            f"quantization={quantization!r} runs on backend='onnx'; leave backend out or set it to 'onnx'"
+            "quantization='int8-static' runs on backend='onnx' or 'openvino' (the graph `bgekit quantize "
+            f"--backend` calibrated), not {backend!r}"
         )
     requested = kwargs.get("dtype")
     # "auto" is resolved by the model (autotune measures the candidates); until then dtypes follow torch's rules
