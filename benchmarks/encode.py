@@ -18,7 +18,9 @@ on the same texts by ``calibrate_int8`` (``bgekit quantize``), which keeps the f
 that hold cosine >= 0.995 on held-out texts;
 ``bgekit-openvino-fp32`` and ``-bf16`` run bgekit's engine on OpenVINO (``backend="openvino"``). Each
 path is shown against sentence-transformers fp32 and against the fastest peer path of the run.
-``bgekit-auto`` is ``backend="auto", dtype="auto"`` (its one-off measurement at load is not timed); the last
+``bgekit-auto`` is ``backend="auto", dtype="auto"`` (its one-off measurement at load is not timed), on the
+folder ``bgekit-openvino-int8-static`` calibrated when that path ran first (``auto`` then measures the
+calibrated graph beside the other paths), else on the model itself; the last
 line says what it chose and how fast it runs against the fastest bgekit path at cosine >= 0.995 to fp32.
 
     python benchmarks/encode.py                       # 5,183 documents, max length 512, 2 threads
@@ -180,9 +182,11 @@ def worker(args: argparse.Namespace) -> None:
             # chosen at load (not timed), from a measurement cached under .bench/auto-cache
             "bgekit-auto": {"backend": "auto", "dtype": "auto"},
         }[name]
-        model = Embedder(
-            args.model, device=device, query_max_length=length, passage_max_length=length, **kwargs
-        )
+        folder = args.model
+        calibrated = static_int8_folder(args, "openvino")
+        if name == "bgekit-auto" and os.path.isdir(calibrated):  # its int8 graph is a candidate too
+            folder = calibrated
+        model = Embedder(folder, device=device, query_max_length=length, passage_max_length=length, **kwargs)
 
         def encode(texts: list, queries: bool = False) -> np.ndarray:
             if queries or args.what == "queries":
@@ -203,7 +207,20 @@ def worker(args: argparse.Namespace) -> None:
         chosen = (
             f"bgekit-{chose.dtype}" if chose.backend == "torch" else f"bgekit-{chose.backend}-{chose.dtype}"
         )
+        if chose.quantization:  # a calibrated graph: named as its own path
+            chosen = f"bgekit-{chose.backend}-{chose.quantization}"
     print(json.dumps({"seconds": seconds, "n": len(items), "peak_rss_mb": memory, "chose": chosen}))
+
+
+def static_int8_folder(args: argparse.Namespace, backend: str) -> str:
+    """Where the benchmark keeps the model calibrated for ``backend`` (under .bench/models/)."""
+    return os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ".bench",
+        "models",
+        "bgekit-int8-static" if backend == "onnx" else "bgekit-openvino-int8-static",
+        f"{os.path.basename(args.model.rstrip('/'))}-{args.what}-{args.limit or 'all'}",
+    )
 
 
 def static_int8_embedder(args: argparse.Namespace, backend: str) -> Any:
@@ -213,13 +230,7 @@ def static_int8_embedder(args: argparse.Namespace, backend: str) -> Any:
     from bgekit.inference.calibrate import calibrate_int8
 
     texts, _ = calibration_texts(args.what, args.limit)
-    out = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        ".bench",
-        "models",
-        "bgekit-int8-static" if backend == "onnx" else "bgekit-openvino-int8-static",
-        f"{os.path.basename(args.model.rstrip('/'))}-{args.what}-{args.limit or 'all'}",
-    )
+    out = static_int8_folder(args, backend)
     if args.prepare:
         held_out = min(100, len(texts) // 3)
         report = calibrate_int8(

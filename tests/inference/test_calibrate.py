@@ -151,3 +151,29 @@ def test_openvino_int8_without_its_graph_says_how_to_make_one(calibrated: tuple)
         Embedder(out, device="cpu", backend="openvino", quantization="int8-static").encode(["a text"])
     with pytest.raises(ConfigError, match="'int8' runs on backend='onnx'"):
         Embedder(out, device="cpu", backend="openvino", quantization="int8")
+
+
+def test_auto_measures_the_calibrated_graph_beside_the_other_paths(
+    calibrated_openvino: tuple, tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    out, _ = calibrated_openvino
+    model = Embedder(out, device="cpu", backend="auto", dtype="auto")
+    choice = model.auto_choice
+    assert choice is not None
+    int8 = [name for name in choice.rates if name.endswith("/int8-static")]
+    assert int8 and all(name.startswith("openvino/") for name in int8)  # only the graph the folder holds
+    assert {"torch/fp32", "onnx/fp32", "openvino/fp32"} <= set(choice.rates)
+    qualifying = [n for n in choice.rates if choice.cosines[n] >= 0.995]
+    best = max(qualifying, key=choice.rates.__getitem__)
+    parts = best.split("/")
+    assert (choice.backend, choice.dtype, choice.quantization) == (
+        *parts[:2],
+        parts[2] if len(parts) > 2 else None,
+    )
+    assert (model.backend, model.dtype, model.quantization) == (
+        choice.backend,
+        choice.dtype,
+        choice.quantization,
+    )
+    assert model.encode(["a text"]).shape == (1, 384)

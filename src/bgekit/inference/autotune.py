@@ -83,6 +83,8 @@ class AutoChoice:
     Attributes:
         backend: ``"torch"``, ``"onnx"`` or ``"openvino"``.
         dtype: the dtype that runs (``"fp32"`` or ``"bf16"``).
+        quantization: ``"int8-static"`` when the fastest path was a graph ``bgekit quantize`` calibrated
+            for this model (a candidate only where the model folder holds one), else ``None``.
         rates: texts per second of each candidate (``"torch/fp32"``, ...) on the sample.
         cosines: each candidate's minimum cosine to the reference outputs.
         skipped: candidates that could not run here, with the reason.
@@ -97,6 +99,7 @@ class AutoChoice:
 
     backend: str
     dtype: str
+    quantization: str | None = None
     rates: dict[str, float] = field(default_factory=dict)
     cosines: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -152,14 +155,20 @@ def _version(package: str) -> str | None:
 
 
 def candidates(
-    default_dtype: str, requested_dtype: str | None, bf16_fast: bool, openvino: bool = False
-) -> list[tuple[str, str]]:
-    """The (backend, dtype) paths to measure for a CPU model.
+    default_dtype: str,
+    requested_dtype: str | None,
+    bf16_fast: bool,
+    openvino: bool = False,
+    calibrated: tuple[str, ...] = (),
+) -> list[tuple[str, ...]]:
+    """The (backend, dtype[, quantization]) paths to measure for a CPU model.
 
     ``dtype`` not given: the model's own dtype on PyTorch, and ONNX fp32 when that dtype is fp32.
     ``dtype="auto"``: PyTorch fp32, PyTorch bf16 where ``bf16_fast``, ONNX fp32. An explicit dtype: PyTorch
     in it, and ONNX when it is fp32. With ``openvino`` (the package is installed) OpenVINO runs in each
-    dtype PyTorch does.
+    dtype PyTorch does. ``calibrated`` names the backends the model folder holds a static int8 graph for
+    (``bgekit quantize``): each is a candidate too (ONNX Runtime's in fp32; OpenVINO's with its unquantised
+    MatMuls in each dtype OpenVINO runs).
 
     Example:
         >>> candidates("fp32", None, bf16_fast=True)
@@ -168,15 +177,23 @@ def candidates(
         [('torch', 'fp32'), ('torch', 'bf16'), ('onnx', 'fp32')]
         >>> candidates("fp32", "auto", bf16_fast=True, openvino=True)[3:]
         [('openvino', 'fp32'), ('openvino', 'bf16')]
+        >>> candidates("fp32", "auto", bf16_fast=True, openvino=True, calibrated=("openvino",))[-1]
+        ('openvino', 'bf16', 'int8-static')
     """
     if requested_dtype == "auto":
         dtypes = ["fp32"] + (["bf16"] if bf16_fast else [])
     else:
         dtype = requested_dtype or default_dtype
         dtypes = ["fp32" if dtype == "fp16" else dtype]  # fp16 runs as fp32 on a CPU
-    paths = [("torch", d) for d in dtypes] + ([("onnx", "fp32")] if "fp32" in dtypes else [])
+    paths: list[tuple[str, ...]] = [("torch", d) for d in dtypes]
+    if "fp32" in dtypes:
+        paths.append(("onnx", "fp32"))
     if openvino:
         paths += [("openvino", d) for d in dtypes if d in ("fp32", "bf16")]
+    if "onnx" in calibrated and "fp32" in dtypes:
+        paths.append(("onnx", "fp32", "int8-static"))
+    if openvino and "openvino" in calibrated:
+        paths += [("openvino", d, "int8-static") for d in dtypes if d in ("fp32", "bf16")]
     return paths
 
 
@@ -193,7 +210,7 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def measure(
     build: Callable[[str, str], Any],
     run: Callable[[Any, list[str]], np.ndarray],
-    path: tuple[str, str],
+    path: tuple[str, ...],
     texts: list[str],
 ) -> tuple[float, np.ndarray]:
     """Texts per second of one candidate on ``texts`` (best of two passes after a warm-up) and its outputs.
@@ -221,8 +238,8 @@ def measure(
 
 def choose(
     key: dict[str, Any],
-    paths: list[tuple[str, str]],
-    build: Callable[[str, str], Any],
+    paths: list[tuple[str, ...]],
+    build: Callable[..., Any],
     run: Callable[[Any, list[str]], np.ndarray],
 ) -> AutoChoice:
     """The fastest qualifying path among ``paths``, from the cache or measured now (and cached).
@@ -230,7 +247,7 @@ def choose(
     Args:
         key: what identifies the model and the request (model files, class, settings); the machine is
             added here.
-        paths: candidate (backend, dtype) pairs; the first is the reference the others' quality is measured
+        paths: candidate (backend, dtype[, quantization]) tuples; the first is the reference the others' quality is measured
             against, and the fallback when no other can run.
         build: makes the model on one path.
         run: encodes (or scores) texts with a built model, returning an array.
@@ -263,7 +280,8 @@ def choose(
         choice.cosines[name] = round(_min_cosine(outputs, reference), 6)
     qualifying = [n for n in choice.rates if choice.cosines[n] >= MIN_COSINE]
     best = max(qualifying, key=choice.rates.__getitem__)
-    choice.backend, choice.dtype = best.split("/")
+    choice.backend, choice.dtype, *quantization = best.split("/")
+    choice.quantization = quantization[0] if quantization else None
     top = choice.rates[best]
     others = [
         f"{n} {r:.1f} ({r / top:.2f}x, cosine {choice.cosines[n]:.4f})"

@@ -99,7 +99,13 @@ class DeviceModel:
         self.auto_choice: AutoChoice | None = None
         if runtime.backend == "auto":
             self.auto_choice = self._choose_auto(kwargs, default_dtype, runtime.device)
-            chosen = {**kwargs, "backend": self.auto_choice.backend, "dtype": self.auto_choice.dtype}
+            choice = self.auto_choice
+            chosen = {
+                **kwargs,
+                "backend": choice.backend,
+                "dtype": choice.dtype,
+                "quantization": choice.quantization,
+            }
             runtime = resolve_runtime(chosen, default_dtype, default_max_tokens)
         self.devices: list[str] = runtime.devices
         self.device: torch.device = runtime.device
@@ -117,8 +123,10 @@ class DeviceModel:
         requested = kwargs.get("dtype")
         bf16_fast = requested == "auto" and cpu_bf16_speedup() >= AUTO_BF16_MIN_SPEEDUP
         openvino = importlib.util.find_spec("openvino") is not None
-        paths = autotune.candidates(default_dtype, requested, bf16_fast, openvino=openvino)
-        ignored = {"device", "devices", "backend", "dtype", "show_progress", "worker_timeout"}
+        paths = autotune.candidates(
+            default_dtype, requested, bf16_fast, openvino=openvino, calibrated=self._calibrated_backends()
+        )
+        ignored = {"device", "devices", "backend", "dtype", "quantization", "show_progress", "worker_timeout"}
         base = {k: v for k, v in kwargs.items() if k not in ignored}
         key = {
             "class": self._tune_class().__name__,
@@ -126,7 +134,7 @@ class DeviceModel:
             "arguments": {k: repr(v) for k, v in sorted(base.items())},
         }
 
-        def build(backend: str, dtype: str) -> DeviceModel:
+        def build(backend: str, dtype: str, quantization: str | None = None) -> DeviceModel:
             cls = self._tune_class()
             return cls(
                 self.name_or_path,
@@ -134,6 +142,7 @@ class DeviceModel:
                 device=str(device),
                 backend=backend,
                 dtype=dtype,
+                quantization=quantization,
                 show_progress=False,
             )
 
@@ -223,6 +232,19 @@ class DeviceModel:
         else:
             graph = self._onnx_graph(packed=offset is not None)
         return OpenVinoRunner(graph, self.onnx_task, self.dtype, position_offset=offset)
+
+    def _calibrated_backends(self) -> tuple[str, ...]:
+        """The backends this model folder holds a ``bgekit quantize`` static int8 graph for."""
+        from bgekit.inference.onnx_backend import calibrated_graph_name
+
+        fingerprint = file_fingerprint(self.folder)[:16]
+        return tuple(
+            backend
+            for backend in ("onnx", "openvino")
+            if os.path.isfile(
+                os.path.join(self.folder, "onnx", calibrated_graph_name(fingerprint, self.onnx_task, backend))
+            )
+        )
 
     def _calibrated_openvino_graph(self) -> str:
         """The int8 OpenVINO IR ``bgekit quantize --backend openvino`` wrote beside these weights."""
