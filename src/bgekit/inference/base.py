@@ -233,26 +233,21 @@ class DeviceModel:
             graph = self._onnx_graph(packed=offset is not None)
         return OpenVinoRunner(graph, self.onnx_task, self.dtype, position_offset=offset)
 
-    def _calibrated_backends(self) -> tuple[str, ...]:
-        """The backends this model folder holds a ``bgekit quantize`` static int8 graph for."""
+    def _calibrated_graph(self, backend: str) -> str:
+        """Where ``bgekit quantize --backend BACKEND`` writes its static int8 graph for these weights."""
         from bgekit.inference.onnx_backend import calibrated_graph_name
 
-        fingerprint = file_fingerprint(self.folder)[:16]
-        return tuple(
-            backend
-            for backend in ("onnx", "openvino")
-            if os.path.isfile(
-                os.path.join(self.folder, "onnx", calibrated_graph_name(fingerprint, self.onnx_task, backend))
-            )
-        )
+        name = calibrated_graph_name(file_fingerprint(self.folder)[:16], self.onnx_task, backend)
+        return os.path.join(self.folder, "onnx", name)
+
+    def _calibrated_backends(self) -> tuple[str, ...]:
+        """The backends this model folder holds a ``bgekit quantize`` static int8 graph for."""
+        return tuple(b for b in ("onnx", "openvino") if os.path.isfile(self._calibrated_graph(b)))
 
     def _calibrated_openvino_graph(self) -> str:
         """The int8 OpenVINO IR ``bgekit quantize --backend openvino`` wrote beside these weights."""
-        from bgekit.inference.onnx_backend import calibrated_graph_name
-
         self._check_onnx()
-        name = calibrated_graph_name(file_fingerprint(self.folder)[:16], self.onnx_task, "openvino")
-        graph = os.path.join(self.folder, "onnx", name)
+        graph = self._calibrated_graph("openvino")
         if not os.path.isfile(graph):
             raise ConfigError(
                 f"quantization='int8-static' with backend='openvino' needs a calibrated graph at {graph!r} "

@@ -61,6 +61,8 @@ AUTO_LADDER: tuple[tuple[str, ...], ...] = (
 )
 """``keep_fp32="auto"``: the sets of MatMul groups kept in fp32, tried in order, fewest fp32 first."""
 DEFAULT_THRESHOLD = 0.995
+INFERRED_GRAPH = "inferred.onnx"
+"""The shape-inferred fp32 graph ONNX Runtime's calibration reads, staged beside the result and removed."""
 
 
 class CalibrationError(ConfigError):
@@ -279,9 +281,9 @@ def calibrate_int8(
                 f"was saved to {out!r} (tried {'; '.join(tried)}). Try more or more typical calibration "
                 "texts, more MatMuls in fp32 (keep_fp32), or a lower threshold"
             )
-        for name in os.listdir(os.path.dirname(graph)):  # only the calibrated graph (and its weights) stay
-            if os.path.splitext(name)[0] != os.path.splitext(os.path.basename(graph))[0]:
-                os.remove(os.path.join(os.path.dirname(graph), name))
+        inferred = os.path.join(os.path.dirname(graph), INFERRED_GRAPH)
+        if os.path.exists(inferred):  # ONNX Runtime's shape-inferred input: only the calibrated graph stays
+            os.remove(inferred)
         replace_folder(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -315,7 +317,7 @@ def _onnx_quantizer(
     del session
     # shapes and types of every tensor (the fused attention's outputs included), so no MatMul is skipped
     # for an unknown input type
-    inferred = os.path.join(os.path.dirname(graph), "inferred.onnx")
+    inferred = os.path.join(os.path.dirname(graph), INFERRED_GRAPH)
     quant_pre_process(fp32_graph, inferred, skip_optimization=True)
 
     def quantize(excluded: list[str]) -> None:
