@@ -177,3 +177,23 @@ def test_auto_measures_the_calibrated_graph_beside_the_other_paths(
         choice.quantization,
     )
     assert model.encode(["a text"]).shape == (1, 384)
+
+
+def test_nncf_is_imported_with_its_usage_reports_off() -> None:
+    pytest.importorskip("nncf")
+    import subprocess
+    import sys
+
+    # a fresh interpreter: under pytest NNCF switches its reports off by itself
+    code = (
+        "import os\n"
+        "from bgekit.inference.calibrate import import_nncf\n"
+        "import_nncf()\n"
+        "from nncf.telemetry.wrapper import NNCFTelemetryStub, telemetry\n"
+        "assert isinstance(telemetry, NNCFTelemetryStub), type(telemetry)\n"
+        "assert 'NNCF_CI' not in os.environ\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "NNCF_DEV")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -338,6 +338,29 @@ def _onnx_quantizer(
     return matmul_groups(inferred), quantize
 
 
+def import_nncf() -> Any:
+    """NNCF, imported with its usage reports to Intel switched off.
+
+    NNCF sends usage events unless its own CI switch (``NNCF_CI``) is set when it is first imported; it
+    reads the switch then, once. It is set for the import only, so calibration sends nothing and the
+    environment is left as it was.
+    """
+    previous = os.environ.get("NNCF_CI")
+    os.environ["NNCF_CI"] = "1"
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ConfigError(
+            "calibration for backend='openvino' needs NNCF: pip install 'bgekit[openvino]'"
+        ) from exc
+    finally:
+        if previous is None:
+            del os.environ["NNCF_CI"]
+        else:
+            os.environ["NNCF_CI"] = previous
+    return nncf
+
+
 def _openvino_quantizer(
     folder: str,
     fingerprint: str,
@@ -351,12 +374,7 @@ def _openvino_quantizer(
     preset (int8 MatMuls with SmoothQuant and bias correction), calibrated on ``texts`` one unpadded text
     at a time, as the runner feeds them."""
     openvino = require_openvino()
-    try:
-        import nncf
-    except ImportError as exc:
-        raise ConfigError(
-            "calibration for backend='openvino' needs NNCF: pip install 'bgekit[openvino]'"
-        ) from exc
+    nncf = import_nncf()
     source = export_onnx(
         folder, "feature-extraction", None, fingerprint, fuse=False, packed=offset is not None
     )
