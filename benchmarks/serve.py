@@ -4,7 +4,10 @@ One run, loopback only, bounded by request counts. For each server (bgekit, and 
 this script into its own virtual environment under .bench/, torch engine, same local model, fp32, same
 threads) and each concurrency level (1, 4, 16, 64), clients send OpenAI-shaped embedding requests of SciFact
 queries (4 per request) or documents (32 per request) and the script prints texts/s, p50/p99 latency, the
-ratio to the library encoding the same texts in one call, and the ratio to infinity. During the highest
+ratio to the library encoding the same texts in one call, and the ratio to infinity. The library runs in a
+process of its own and every process stays up through the run: at each level the library's one call and
+each server's load run back to back, so a ratio is never read across minutes of the machine's drift. Query
+levels run three such rounds and print medians (the range of the ratio to the library beside it). During the highest
 level a separate process polls /health every 50 ms, as a real health check does; its p99 is printed. Each
 level starts with an untimed warm-up (two query requests per client, or up to four document requests:
 connections, the model's first shapes), then times at least 32 query requests per client (at least 256 in all) or the document requests. Peak
@@ -43,6 +46,9 @@ from _common import REPO, default_model_path, ensure_venv, load_scifact, print_t
 INFINITY_PINS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78"]
 WORKLOADS = {"queries": 4, "documents": 32}
 """Texts per request."""
+ROUNDS = {"queries": 3, "documents": 1}
+"""Timed rounds per level, medians printed: a query load lasts seconds, and a few seconds of the machine's
+speed vary by more than the differences measured; a document load lasts tens of seconds."""
 
 
 def cpu_name() -> str:
@@ -173,7 +179,7 @@ class HealthProbe:
 
 
 def load(server: Server, batches: list[list[str]], concurrency: int, poll_health: bool) -> dict[str, Any]:
-    """Send every batch once with ``concurrency`` clients; latencies, texts/s, first vectors, /health p99.
+    """Send every batch once with ``concurrency`` clients; texts/s, latencies (s), first vectors, /health ms.
 
     Each client is one kept-alive connection of the standard library's ``http.client``: the clients share
     the cores with the server, and it costs about a third of httpx's CPU time per request (0.41 against
@@ -218,32 +224,64 @@ def load(server: Server, batches: list[list[str]], concurrency: int, poll_health
     texts = sum(len(b) for b in batches)
     return {
         "texts_per_s": texts / wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "latencies": latencies,
         "vectors": vectors,
-        "health_p99_ms": float(np.percentile(health_ms, 99)) if health_ms else None,
+        "health_ms": health_ms,
     }
 
 
-def library_rate(model: str, texts: list[str], threads: int, backend: str) -> tuple[float, np.ndarray]:
-    """The library encoding ``texts`` in one call (a fresh process, same threads, same backend as the
-    server, fp32): texts/s and vectors."""
-    out = REPO / ".bench" / "library-vectors.npy"
-    code = (
-        "import sys, time, numpy as np, json, torch\n"
-        f"torch.set_num_threads({threads})\n"
-        "from bgekit import Embedder\n"
-        f"texts = json.load(open({str(REPO / '.bench' / 'texts.json')!r}))\n"
-        f"model = Embedder({model!r}, device='cpu', backend={backend!r}, dtype='fp32')\n"
-        "model.encode(texts[:64])\n"
-        "started = time.perf_counter(); vectors = model.encode(texts); wall = time.perf_counter() - started\n"
-        f"np.save({str(out)!r}, vectors); print(len(texts) / wall)\n"
-    )
-    (REPO / ".bench" / "texts.json").write_text(json.dumps(texts))
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=server_env(threads), capture_output=True, text=True, check=True
-    )
-    return float(result.stdout.strip().splitlines()[-1]), np.load(out)
+class Library:
+    """The library in a process of its own (same threads and backend as the server, fp32), kept alive
+    through the run so each level's one-call timing is taken right before the servers' loads of the
+    same texts: the machine's speed drifts over minutes, and back-to-back timings compare like with like."""
+
+    def __init__(self, model: str, threads: int, backend: str) -> None:
+        code = (
+            "import sys, time, json, numpy as np, torch\n"
+            f"torch.set_num_threads({threads})\n"
+            "from bgekit import Embedder\n"
+            f"model = Embedder({model!r}, device='cpu', backend={backend!r}, dtype='fp32', show_progress=False)\n"
+            "print('ready', flush=True)\n"
+            "for line in sys.stdin:\n"
+            "    path = line.strip(); texts = json.load(open(path))\n"
+            "    model.encode(texts[:64])\n"
+            "    started = time.perf_counter(); vectors = model.encode(texts)\n"
+            "    wall = time.perf_counter() - started\n"
+            "    np.save(path + '.npy', vectors); print(len(texts) / wall, flush=True)\n"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=server_env(threads),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._expect("ready")
+
+    def _expect(self, what: str) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line or (what and line != what):
+            raise RuntimeError(f"the library process answered {line!r} (exit code {self.process.poll()})")
+        return line
+
+    def rate(self, texts: list[str]) -> tuple[float, np.ndarray]:
+        """Texts/s of one ``encode`` call over ``texts`` (after a short warm-up), and the vectors."""
+        path = REPO / ".bench" / "library-texts.json"
+        path.write_text(json.dumps(texts))
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{path}\n")
+        self.process.stdin.flush()
+        rate = float(self._expect(""))
+        return rate, np.load(f"{path}.npy")
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def min_cosine(
@@ -268,6 +306,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--infinity-batch-size", type=int, default=32, help="infinity's default")
     parser.add_argument("--requests", type=int, default=16, help="document requests per level (at least)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="timed rounds per level (default: 3 for queries, 1 for documents)",
+    )
     parser.add_argument(
         "--backend",
         choices=["torch", "onnx", "openvino"],
@@ -302,58 +346,84 @@ def main() -> None:
         f"# model {Path(model).name}, fp32 (bgekit on {args.backend}, {args.streams} stream(s), infinity on torch); "
         f"{len(every_text)} distinct SciFact texts; loopback only"
     )
-    print("library: encoding every text in one call ...", flush=True)
-    rates, reference = {}, {}
-    for workload in args.workloads:
-        texts = sorted({t for b in plans[workload].values() for batch in b for t in batch})
-        rate, vectors = library_rate(model, texts, args.threads, args.backend)
-        rates[workload] = rate
-        reference.update(zip(texts, vectors, strict=True))
-
     starters = {"bgekit": lambda: start_bgekit(model, args.threads, args.backend, args.streams)}
     if "infinity" in args.peers:
         starters["infinity"] = lambda: start_infinity(model, args.threads, args.infinity_batch_size)
-    results: dict[tuple[str, str, int], dict[str, Any]] = {}
-    peaks: dict[str, float] = {}
-    for name, start in starters.items():
-        server = start()
-        try:
+    results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    rates: dict[tuple[str, int], list[float]] = {}
+    reference: dict[str, np.ndarray] = {}
+    servers: dict[str, Server] = {}
+    library = None
+    try:
+        # every process stays up through the run, idle but for its own turn: in each round of a level the
+        # library's one call and each server's load run back to back
+        library = Library(model, args.threads, args.backend)
+        for name, start in starters.items():
+            servers[name] = start()
+        for server in servers.values():
             server.wait_ready()
-            for workload in args.workloads:
-                for level in args.levels:
-                    print(f"{name}: {workload} at concurrency {level} ...", flush=True)
-                    warm = 2 * level if workload == "queries" else min(level, 4)
-                    load(server, plans[workload][level][:warm], level, False)  # warm-up, untimed
-                    results[(name, workload, level)] = load(
-                        server, plans[workload][level], level, level == max(args.levels)
-                    )
-            peaks[name] = server.peak_mb()
-        finally:
+        for workload in args.workloads:
+            rounds = args.rounds or ROUNDS[workload]
+            for level in args.levels:
+                texts = sorted({t for batch in plans[workload][level] for t in batch})
+                for number in range(rounds):
+                    print(f"{workload} at concurrency {level}, round {number + 1} of {rounds}: ", end="")
+                    print(f"library ({len(texts)} texts in one call)", end="", flush=True)
+                    rate, vectors = library.rate(texts)
+                    print(f" {rate:.1f}", end="", flush=True)
+                    rates.setdefault((workload, level), []).append(rate)
+                    reference.update(zip(texts, vectors, strict=True))
+                    for name, server in servers.items():
+                        print(f", {name}", end="", flush=True)
+                        warm = 2 * level if workload == "queries" else min(level, 4)
+                        load(server, plans[workload][level][:warm], level, False)  # warm-up, untimed
+                        run = load(server, plans[workload][level], level, level == max(args.levels))
+                        results.setdefault((name, workload, level), []).append(run)
+                        print(f" {run['texts_per_s']:.1f}", end="", flush=True)
+                    print(flush=True)
+        peaks = {name: server.peak_mb() for name, server in servers.items()}
+    finally:
+        for server in servers.values():
             server.stop()
+        if library is not None:
+            library.stop()
 
     for workload in args.workloads:
+        library_rates = ", ".join(
+            f"{statistics.median(rates[(workload, level)]):.1f}" for level in args.levels
+        )
+        rounds = len(rates[(workload, args.levels[0])])
         print(
-            f"\n## {workload}: {WORKLOADS[workload]} texts per request; library {rates[workload]:.1f} texts/s"
+            f"\n## {workload}: {WORKLOADS[workload]} texts per request; library {library_rates} texts/s "
+            f"(one call right before each round's loads); {rounds} round(s) per level, medians"
         )
         rows = []
         for level in args.levels:
             for name in starters:
-                r = results[(name, workload, level)]
+                runs = results[(name, workload, level)]
+                vs_library = [
+                    r["texts_per_s"] / x for r, x in zip(runs, rates[(workload, level)], strict=True)
+                ]
                 vs_infinity = ""
                 if name == "bgekit" and ("infinity", workload, level) in results:
-                    peer = results[("infinity", workload, level)]
-                    vs_infinity = f"{r['texts_per_s'] / peer['texts_per_s']:.2f}x"
+                    peers = results[("infinity", workload, level)]
+                    ratios = [r["texts_per_s"] / p["texts_per_s"] for r, p in zip(runs, peers, strict=True)]
+                    vs_infinity = f"{statistics.median(ratios):.2f}x"
+                latencies = [x for r in runs for x in r["latencies"]]
+                health = [x for r in runs for x in r["health_ms"]]
+                worst = min(min_cosine(r["vectors"], plans[workload][level], reference) for r in runs)
                 rows.append(
                     [
                         level,
                         name,
-                        f"{r['texts_per_s']:.1f}",
-                        f"{r['texts_per_s'] / rates[workload]:.2f}",
+                        f"{statistics.median(r['texts_per_s'] for r in runs):.1f}",
+                        f"{statistics.median(vs_library):.2f}"
+                        + (f" ({min(vs_library):.2f}-{max(vs_library):.2f})" if rounds > 1 else ""),
                         vs_infinity,
-                        f"{r['p50_ms']:.0f}",
-                        f"{r['p99_ms']:.0f}",
-                        "" if r["health_p99_ms"] is None else f"{r['health_p99_ms']:.0f}",
-                        f"{min_cosine(r['vectors'], plans[workload][level], reference):.6f}",
+                        f"{1000 * statistics.median(latencies):.0f}",
+                        f"{1000 * float(np.percentile(latencies, 99)):.0f}",
+                        f"{np.percentile(health, 99):.0f}" if health else "",
+                        f"{worst:.6f}",
                     ]
                 )
         print_table(
