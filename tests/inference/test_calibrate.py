@@ -105,6 +105,10 @@ def test_too_few_texts_and_bad_items_are_named(minilm_path: str, tmp_path: pytes
         calibrate_int8(minilm_path, ["a", 3] * 100, str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="unknown groups \\['pooler'\\]"):
         calibrate_int8(minilm_path, ["a"] * 200, str(tmp_path / "x"), keep_fp32=["pooler"])
+    with pytest.raises(InputError, match="at least 8 queries, got 3"):
+        calibrate_int8(minilm_path, ["a"] * 200, str(tmp_path / "x"), queries=["q"] * 3)
+    with pytest.raises(InputError, match="calibration query 2 must be a non-empty string"):
+        calibrate_int8(minilm_path, ["a"] * 200, str(tmp_path / "x"), queries=["q", "q", " "] * 4)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +146,42 @@ def test_openvino_int8_reaches_threshold_and_reloads_with_the_checked_vectors(
     alone = np.asarray([model.encode_corpus([t])[0] for t in titles[:6]])
     np.testing.assert_allclose(together[:6], alone, atol=2e-2)
     assert float((together[:6] * alone).sum(1).min()) >= 0.999
+
+
+def test_cli_quantize_with_queries_checks_them_as_queries(
+    tmp_path: pytest.TempPathFactory,
+    minilm_path: str,
+    scifact_dir: pytest.TempPathFactory,
+    scifact_queries: list[dict],
+    scifact_corpus: list[dict],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("nncf")
+    samples = 200  # fewer queries than this can leave a rare query's ranges uncovered (96 did)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in scifact_corpus[: samples + HELD_OUT]))
+    out = tmp_path / "out"
+    argv = ["quantize", "--backend", "openvino", "--model", minilm_path, "--corpus", str(corpus)]
+    argv += ["--queries", str(scifact_dir / "queries.jsonl"), "--out", str(out)]
+    assert main([*argv, "--samples", str(samples), "--held-out", str(HELD_OUT)]) == 0
+    message = capsys.readouterr().err
+    # a seeded sample of the 1,109 queries: 200 calibrate beside the 200 documents, 64 are checked
+    assert f"calibrated on {samples} texts and {samples} queries" in message
+    assert f"{HELD_OUT} held-out texts and {HELD_OUT} queries (queries alone: min 0.99" in message
+    figure = float(message.split("queries alone: min ")[1].split(")")[0])
+    assert figure >= 0.995
+    # the figure is the reloaded graph's, over queries encoded as queries, none of them calibrated on
+    import random
+
+    texts = [q["text"] for q in scifact_queries]
+    sample = random.Random(0).sample(texts, samples + HELD_OUT)
+    held_out = sample[-HELD_OUT:]
+    model = Embedder(str(out), device="cpu", backend="openvino", quantization="int8-static", dtype="auto")
+    cosines = (
+        np.asarray(model.encode_queries(held_out))
+        * np.asarray(Embedder(minilm_path, device="cpu").encode_queries(held_out))
+    ).sum(1)
+    assert float(cosines.min()) == pytest.approx(figure, abs=1e-5)
 
 
 def test_openvino_int8_without_its_graph_says_how_to_make_one(calibrated: tuple) -> None:

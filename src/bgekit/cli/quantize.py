@@ -3,7 +3,9 @@
 The texts come from ``--corpus``: a corpus JSONL (``_id``, ``title``, ``text``, as ``bgekit encode``
 reads) or a plain text file with one text per line. A seeded random sample of ``--samples`` texts
 calibrates the activation ranges; ``--held-out`` other texts check the result, and a graph whose minimum
-cosine to fp32 on them is below ``--threshold`` is refused (nothing is written). The output folder holds
+cosine to fp32 on them is below ``--threshold`` is refused (nothing is written). ``--queries`` adds a
+sample of your own queries (a queries JSONL, or one per line): some calibrate, the others are checked as
+queries, so short queries are held to the threshold too. The output folder holds
 the model's files and the calibrated graph; load it with
 ``Embedder(OUT, quantization="int8-static")``, or, calibrated with ``--backend openvino``,
 ``Embedder(OUT, backend="openvino", quantization="int8-static")``.
@@ -11,6 +13,7 @@ the model's files and the calibrated graph; load it with
 Example:
     bgekit quantize --model all-MiniLM-L6-v2 --corpus corpus.jsonl --out minilm-int8
     bgekit quantize --backend openvino --model all-MiniLM-L6-v2 --corpus corpus.jsonl --out minilm-ov-int8
+    bgekit quantize --model all-MiniLM-L6-v2 --corpus corpus.jsonl --queries queries.jsonl --out minilm-int8
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder (or hub name) to quantise")
     parser.add_argument("--corpus", required=True, help="corpus JSONL, or a text file with one text per line")
     parser.add_argument("--out", required=True, help="folder to write the model with its calibrated graph to")
+    parser.add_argument(
+        "--queries",
+        default=None,
+        help="queries JSONL (_id, text), or a text file with one query per line: a sample of up to "
+        "--samples + --held-out also calibrates, its held-out part is checked as queries",
+    )
     parser.add_argument("--samples", type=int, default=300, help="texts to calibrate on (default 300)")
     parser.add_argument("--held-out", type=int, default=100, help="other texts that check the result")
     parser.add_argument("--threshold", type=float, default=0.995, help="lowest held-out cosine to fp32 kept")
@@ -49,13 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
-def read_texts(path: str) -> list[str | dict[str, str]]:
-    """The texts of a corpus JSONL (title and text) or of a plain file (one per non-empty line)."""
-    from bgekit.io import iter_text_lines, read_corpus
+def read_texts(path: str, option: str = "--corpus") -> list[str | dict[str, str]]:
+    """The texts of a corpus JSONL (title and text), a queries JSONL (``option="--queries"``: text) or a
+    plain file (one per non-empty line)."""
+    from bgekit.io import iter_text_lines, read_corpus, read_queries
 
     if not os.path.isfile(path):
-        raise InputError(f"--corpus {path!r} is not a file")
+        raise InputError(f"{option} {path!r} is not a file")
     if path.endswith((".jsonl", ".json")):
+        if option == "--queries":
+            return list(read_queries(path).values())
         return list(read_corpus(path).values())
     return [line.strip() for _, line in iter_text_lines(path) if line.strip()]
 
@@ -78,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     wanted = args.samples + args.held_out
     if len(texts) > wanted:
         texts = random.Random(args.seed).sample(texts, wanted)
+    queries = None
+    if args.queries is not None:
+        queries = [str(q) for q in read_texts(args.queries, "--queries")]
+        if len(queries) > wanted:
+            queries = random.Random(args.seed).sample(queries, wanted)
     report = calibrate_int8(
         args.model,
         texts,
@@ -87,9 +104,18 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         keep_fp32=keep_fp32_groups(args.keep_fp32),
         backend=args.backend,
+        queries=queries,
+    )
+    calibrated = f"{report.calibration_texts} texts" + (
+        f" and {report.calibration_queries} queries" if queries else ""
+    )
+    checked = f"{report.held_out_texts} held-out texts" + (
+        f" and {report.held_out_queries} queries (queries alone: min {report.query_min_cosine:.5f})"
+        if queries
+        else ""
     )
     print(
-        f"calibrated on {report.calibration_texts} texts; on {report.held_out_texts} held-out texts the "
+        f"calibrated on {calibrated}; on {checked} the "
         f"int8 vectors reach cosine min {report.min_cosine:.5f}, mean {report.mean_cosine:.5f} to fp32 "
         f"({len(report.fp32_nodes)} MatMuls left unquantised: {', '.join(report.fp32_groups) or 'none'}) "
         f"-> {args.out}; load it with backend={args.backend!r}, quantization='int8-static'",

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from bgekit.errors import ConfigError, InputError
+from bgekit.inference.inputs import apply_instruction
 from bgekit.inference.onnx_backend import (
     GRAPH_VERSION,
     calibrated_graph_name,
@@ -80,6 +81,16 @@ class CalibrationReport:
     mean_cosine: float
     fp32_nodes: tuple[str, ...]
     fp32_groups: tuple[str, ...]
+    calibration_queries: int = 0
+    held_out_queries: int = 0
+    query_min_cosine: float | None = None
+    """The minimum over the held-out queries alone (``min_cosine`` covers them and the texts)."""
+
+
+def _as_query(item: Any, index: int) -> str:
+    if isinstance(item, str) and item.strip():
+        return item
+    raise InputError(f"calibration query {index} must be a non-empty string, got {item!r:.80}")
 
 
 def _as_text(item: Any, index: int) -> str:
@@ -97,13 +108,13 @@ class _TextReader:
     takes no attention mask (bgekit's runner never feeds padding), so calibration sees what inference sees.
     """
 
-    def __init__(self, tokenizer: Any, texts: list[str], max_length: int, input_names: list[str]) -> None:
-        self.encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    def __init__(self, rows: list[list[int]], input_names: list[str]) -> None:
+        self.token_rows = rows
         self.input_names = input_names
         self.rows = self._rows()
 
     def _rows(self) -> Iterator[dict[str, np.ndarray]]:
-        for ids in self.encoded["input_ids"]:
+        for ids in self.token_rows:
             shape = (1, len(ids))
             given = {"input_ids": np.asarray([ids], np.int64), "token_type_ids": np.zeros(shape, np.int64)}
             # an unfused graph still takes attention_mask: all ones, as the runner feeds it
@@ -177,11 +188,16 @@ def calibrate_int8(
     max_length: int | None = None,
     keep_fp32: str | Sequence[str] = "auto",
     backend: str = "onnx",
+    queries: Sequence[str] | None = None,
 ) -> CalibrationReport:
     """Quantise ``model``'s graph to static int8 calibrated on ``texts``; save it with the model.
 
     The last ``held_out`` texts are kept out of calibration and used only to check the result; the
-    others calibrate the activation ranges.
+    others calibrate the activation ranges. Queries, when given, are treated the same way as queries
+    (their instruction applied, their token limit): the last ``min(held_out, len(queries) // 2)`` check the
+    result as ``encode_queries`` encodes them, the others join the calibration. A graph calibrated on
+    passages alone can keep every held-out passage above the threshold and still lose a few queries,
+    whose short inputs reach activation ranges long texts do not; a sample of real queries covers them.
 
     Args:
         model: a local model folder (or a name bgekit resolves to one) that ``Embedder`` loads.
@@ -198,9 +214,12 @@ def calibrate_int8(
             in fp32; ``"openvino"``: an OpenVINO IR quantised by NNCF (``bgekit[openvino]``), whose
             unquantised MatMuls run in the dtype the model is loaded with (bf16 where the CPU has it).
             The result loads with ``Embedder(out, backend=backend, quantization="int8-static")``.
+        queries: a sample of the user's own queries (a few hundred; at least 8), checked and calibrated
+            on as queries. Queries of another domain do not stand in for them.
 
     Returns:
-        A ``CalibrationReport`` with the minimum and mean cosine to fp32 on the held-out texts.
+        A ``CalibrationReport`` with the minimum and mean cosine to fp32 on the held-out texts (and
+        queries).
 
     Raises:
         CalibrationError: the minimum cosine on held-out texts is below ``threshold`` (nothing written).
@@ -236,6 +255,12 @@ def calibrate_int8(
             f"got {len(plain)}"
         )
     calibration, check = plain[:-held_out], plain[-held_out:]
+    query_texts = [_as_query(q, i) for i, q in enumerate(queries or [])]
+    if queries is not None and len(query_texts) < 8:
+        raise InputError(f"calibration queries need at least 8 queries, got {len(query_texts)}")
+    query_held_out = min(held_out, len(query_texts) // 2)
+    query_calibration = query_texts[: len(query_texts) - query_held_out]
+    query_check = query_texts[len(query_texts) - query_held_out :]
     folder = resolve_model_folder(model)
     fingerprint = file_fingerprint(folder)[:16]
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -244,7 +269,23 @@ def calibrate_int8(
         kwargs.update(query_max_length=max_length, passage_max_length=max_length)
     fp32 = Embedder(folder, **kwargs)
     reference = np.asarray(fp32.encode_corpus(check))
-    length = fp32.token_limit("passage", max_length)
+    query_reference = np.asarray(fp32.encode_queries(query_check)) if query_check else None
+    # the token rows inference feeds: passages at the passage limit, queries with their instruction at
+    # the query limit
+    settings = fp32.settings
+    rows = tokenizer(
+        apply_instruction(calibration, settings.passage_instruction, settings.passage_instruction_format),
+        truncation=True,
+        max_length=fp32.token_limit("passage", max_length),
+    )["input_ids"]
+    if query_calibration:
+        rows += tokenizer(
+            apply_instruction(
+                query_calibration, settings.query_instruction, settings.query_instruction_format
+            ),
+            truncation=True,
+            max_length=fp32.token_limit("query", max_length),
+        )["input_ids"]
     offset = position_offset(fp32.config) if backend == "openvino" else None
     del fp32
     if backend == "openvino":  # checked as a user loads it: bf16 around the int8 MatMuls where bf16 is fast
@@ -260,24 +301,34 @@ def calibrate_int8(
         graph = os.path.join(staged, "onnx", calibrated_graph_name(fingerprint, backend=backend))
         os.makedirs(os.path.dirname(graph))
         if backend == "openvino":
-            roles, quantize = _openvino_quantizer(
-                folder, fingerprint, offset, tokenizer, calibration, length, graph
-            )
+            roles, quantize = _openvino_quantizer(folder, fingerprint, offset, rows, graph)
         else:
-            roles, quantize = _onnx_quantizer(folder, fingerprint, tokenizer, calibration, length, graph)
+            roles, quantize = _onnx_quantizer(folder, fingerprint, rows, graph)
         for groups in ladder:
             excluded = sorted({name for group in groups for name in roles[group]})
             quantize(excluded)
-            quantized = Embedder(staged, quantization="int8-static", **kwargs).encode_corpus(check)
-            cosines = _cosines(np.asarray(quantized), reference)
+            quantized = Embedder(staged, quantization="int8-static", **kwargs)
+            cosines = _cosines(np.asarray(quantized.encode_corpus(check)), reference)
+            query_low = None
+            if query_reference is not None:
+                query_cosines = _cosines(np.asarray(quantized.encode_queries(query_check)), query_reference)
+                query_low = float(query_cosines.min())
+                cosines = np.concatenate([cosines, query_cosines])
+            del quantized
             low, mean = float(cosines.min()), float(cosines.mean())
-            tried.append(f"unquantised {'+'.join(groups) or 'none'}: min {low:.5f}, mean {mean:.5f}")
+            on_queries = "" if query_low is None else f" (queries {query_low:.5f})"
+            tried.append(
+                f"unquantised {'+'.join(groups) or 'none'}: min {low:.5f}{on_queries}, mean {mean:.5f}"
+            )
             if low >= threshold:
                 break
         else:
+            checked = f"{len(check)} held-out texts" + (
+                f" and {len(query_check)} queries" if query_check else ""
+            )
             raise CalibrationError(
                 f"the calibrated int8 graph of {model!r} reaches a minimum cosine of {low:.5f} to fp32 "
-                f"(mean {mean:.5f}) on {len(check)} held-out texts, below threshold={threshold}; nothing "
+                f"(mean {mean:.5f}) on {checked}, below threshold={threshold}; nothing "
                 f"was saved to {out!r} (tried {'; '.join(tried)}). Try more or more typical calibration "
                 "texts, more MatMuls in fp32 (keep_fp32), or a lower threshold"
             )
@@ -295,6 +346,9 @@ def calibrate_int8(
         mean_cosine=mean,
         fp32_nodes=tuple(excluded),
         fp32_groups=tuple(groups),
+        calibration_queries=len(query_calibration),
+        held_out_queries=len(query_check),
+        query_min_cosine=query_low,
     )
 
 
@@ -303,10 +357,10 @@ Quantize = Callable[[list[str]], None]
 
 
 def _onnx_quantizer(
-    folder: str, fingerprint: str, tokenizer: Any, texts: list[str], length: int, graph: str
+    folder: str, fingerprint: str, rows: list[list[int]], graph: str
 ) -> tuple[dict[str, list[str]], Quantize]:
     """ONNX Runtime's ``quantize_static`` on the fused export: QDQ pairs, per-channel int8 weights,
-    asymmetric uint8 activations from a MinMax pass over ``texts``."""
+    asymmetric uint8 activations from a MinMax pass over the token ``rows``."""
     ort = require_onnxruntime()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -324,7 +378,7 @@ def _onnx_quantizer(
         quantize_static(
             inferred,
             graph,
-            _TextReader(tokenizer, texts, length, input_names),
+            _TextReader(rows, input_names),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul"],
             per_channel=True,
@@ -365,14 +419,12 @@ def _openvino_quantizer(
     folder: str,
     fingerprint: str,
     offset: int | None,
-    tokenizer: Any,
-    texts: list[str],
-    length: int,
+    rows: list[list[int]],
     graph: str,
 ) -> tuple[dict[str, list[str]], Quantize]:
     """NNCF's post-training quantisation of the plain (or packed) export for OpenVINO: its transformer
-    preset (int8 MatMuls with SmoothQuant and bias correction), calibrated on ``texts`` one unpadded text
-    at a time, as the runner feeds them."""
+    preset (int8 MatMuls with SmoothQuant and bias correction), calibrated on the token ``rows`` one
+    unpadded text at a time, as the runner feeds them."""
     openvino = require_openvino()
     nncf = import_nncf()
     source = export_onnx(
@@ -381,7 +433,7 @@ def _openvino_quantizer(
     core = openvino.Core()
     input_names = [port.get_any_name() for port in core.read_model(source).inputs]
     samples = []
-    for ids in tokenizer(texts, truncation=True, max_length=length)["input_ids"]:
+    for ids in rows:
         row = torch.tensor([ids])
         given = {
             "input_ids": row,
