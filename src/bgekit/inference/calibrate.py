@@ -66,8 +66,8 @@ OPENVINO_LADDER: tuple[tuple[str, ...], ...] = tuple((*groups, "last-layer") for
 """The same for ``backend="openvino"``, with the last layer unquantised on every rung. NNCF's int8 of the
 last layer's attention output lets a rare short input slip below the threshold unseen by any held-out
 sample: calibrated on all-MiniLM-L6-v2 with 200 SciFact documents and 200 queries, every held-out text
-and query passed, yet one of the 809 other queries fell to 0.992; with the last layer left out, the lowest
-of all 1,109 was 0.9986, at about the same speed."""
+and query passed, yet one of the 809 other queries fell to 0.992; with the last layer unquantised, the
+lowest of all 1,109 was 0.9985, at about the same speed."""
 DEFAULT_THRESHOLD = 0.995
 INFERRED_GRAPH = "inferred.onnx"
 """The shape-inferred fp32 graph ONNX Runtime's calibration reads, staged beside the result and removed."""
@@ -229,8 +229,10 @@ def calibrate_int8(
         queries).
 
     Raises:
-        CalibrationError: the minimum cosine on held-out texts is below ``threshold`` (nothing written).
-        InputError: too few texts, or a text that is neither a string nor a title/text dict.
+        CalibrationError: the minimum cosine on held-out texts (or queries) is below ``threshold``
+            (nothing written).
+        InputError: too few texts or queries, a text that is neither a string nor a title/text dict, or
+            an empty query.
 
     Example:
         >>> calibrate_int8(model_path, corpus_texts, "out/minilm-int8").min_cosine  # doctest: +SKIP
