@@ -117,15 +117,16 @@ def calibration_texts(what: str, limit: int | None) -> tuple[list[str], str]:
 
 def calibration_queries(what: str, limit: int | None) -> tuple[list[str], str]:
     """Queries bgekit's static int8 paths also calibrate on and check as queries (``queries=``): SciFact
-    queries outside the test split, none of the calibration texts. In docs mode they are never encoded; in
+    queries outside the test split (in queries mode with ``--limit``, those after it), none of the
+    calibration texts. In docs mode they are never encoded; in
     queries mode every query is timed, so these are among the timed ones and the run prints the minimum
     cosine over the queries outside this sample beside the table."""
     _, queries, qrels = load_scifact()
-    spare = [q["text"] for q in queries if str(q["_id"]) not in qrels]
-    texts, _ = calibration_texts(what, limit)
-    taken = set(texts)
-    if what == "queries" and limit:
+    if what == "queries" and limit:  # the queries after --limit are not timed
         spare = [q["text"] for q in queries[limit:]]
+    else:
+        spare = [q["text"] for q in queries if str(q["_id"]) not in qrels]
+    taken = set(calibration_texts(what, limit)[0])
     rest = [q for q in spare if q not in taken]
     return rest[:CALIBRATION_SAMPLES], "SciFact non-test queries"
 
@@ -457,17 +458,17 @@ def main() -> None:
     )
     if auto_line:
         print(auto_line)
-    static = [
-        p for p in results if p in STATIC_INT8 or (p == "bgekit-auto" and results[p].get("quantization"))
-    ]
+    # the paths that ran a static int8 graph: its own paths, and auto when it chose one
+    static = [p for p in results if p in STATIC_INT8 or "int8-static" in (results[p].get("chose") or "")]
     if args.what == "queries" and ref is not None and static:
         calibrated = set(calibration_queries(args.what, args.limit)[0])
         plain, _, _ = texts_for(args.what, args.limit)
         outside = np.array([t not in calibrated for t in plain])
         figures = ", ".join(f"{p} {float((vectors[p] * ref).sum(1)[outside].min()):.5f}" for p in static)
         print(
-            f"\nbgekit's static int8 graphs calibrated on {len(calibrated)} of the timed queries beside the "
-            f"documents; min cos vs fp32 over the other {int(outside.sum())}: {figures}"
+            f"\nbgekit's static int8 graphs calibrated on {len(calibrated)} queries beside the documents, "
+            f"{len(plain) - int(outside.sum())} of them timed; min cos vs fp32 over the {int(outside.sum())} "
+            f"timed queries not calibrated on: {figures}"
         )
 
 

@@ -7,11 +7,12 @@ queries (4 per request) or documents (32 per request) and the script prints text
 ratio to the library encoding the same texts in one call, and the ratio to infinity. The library runs in a
 process of its own and every process stays up through the run: at each level the library's one call and
 each server's load run back to back, so a ratio is never read across minutes of the machine's drift. Query
-levels run three such rounds and print medians (the range of the ratio to the library beside it). During the highest
-level a separate process polls /health every 50 ms, as a real health check does; its p99 is printed. Each
-level starts with an untimed warm-up (two query requests per client, or up to four document requests:
-connections, the model's first shapes), then times at least 32 query requests per client (at least 256 in all) or the document requests. Peak
-resident memory of each server process is read from /proc. Quality beside each figure: the minimum cosine between the vectors a server returned and the
+levels run three such rounds and print medians (the range of the ratio to the library beside it). During
+the highest level a separate process polls /health every 50 ms, as a real health check does; its p99 is
+printed. Each level starts with an untimed warm-up (two query requests per client, or up to four document
+requests: connections, the model's first shapes), then times at least 32 query requests per client (at
+least 256 in all) or the document requests. Peak resident memory of each server process is read from
+/proc. Quality beside each figure: the minimum cosine between the vectors a server returned and the
 library's.
 
 Example:
