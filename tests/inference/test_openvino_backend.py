@@ -232,6 +232,8 @@ def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
     app = build_app(parser.parse_args(args))
     texts = ["a short query", "a longer passage about retrieval and the vectors that serve it " * 5]
     many = [f"query number {i} about {'vectors ' * i}" for i in range(12)]
+    # about 2,000 tokens in one request while both streams are idle: the group is split between them
+    long = [f"passage {i}: {'the vectors that serve retrieval ' * (4 + i)}" for i in range(24)]
     threads = torch.get_num_threads()
     with TestClient(app, base_url="http://localhost") as client:
         while client.get("/health").status_code != 200:  # the warm-up runs on the worker thread
@@ -239,6 +241,10 @@ def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
         assert _fresh_thread_torch_threads() == 1  # torch's work around the graphs: one thread
         assert client.get("/info").json()["model"]["backend"] == "openvino"
         vectors = client.post("/embed", json={"inputs": texts}).json()
+        while app.state.worker.idle_threads < 2:  # the last group's thread is back to waiting
+            time.sleep(0.01)
+        shared = client.post("/embed", json={"inputs": long}).json()
+        assert "bgekit_shared_groups_total 1.0" in client.get("/metrics").text
         with ThreadPoolExecutor(6) as pool:  # requests at once: groups run on both streams
             answers = list(pool.map(lambda t: client.post("/embed", json={"inputs": [t]}).json(), many))
         ranked = client.post(
@@ -248,6 +254,9 @@ def test_serve_on_openvino(minilm_copy: str, minilm_cross_encoder: str) -> None:
         np.asarray(vectors), Embedder(minilm_copy, device="cpu").encode_corpus(texts), atol=1e-5
     )
     assert _fresh_thread_torch_threads() == threads  # given back when the server stops
+    np.testing.assert_allclose(
+        np.asarray(shared), Embedder(minilm_copy, device="cpu").encode_corpus(long), atol=1e-5
+    )
     np.testing.assert_allclose(
         np.concatenate(answers), Embedder(minilm_copy, device="cpu").encode_corpus(many), atol=1e-5
     )

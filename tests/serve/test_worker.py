@@ -166,3 +166,57 @@ def test_two_threads_run_two_groups_at_once_after_the_warmup() -> None:
     assert not worker.alive
     with pytest.raises(ValueError, match="threads=0"):
         ModelWorker({"run": runner}, threads=0)
+
+
+def _wait_idle(worker: ModelWorker, threads: int) -> None:
+    deadline = time.monotonic() + 10
+    while worker.idle_threads < threads:
+        assert time.monotonic() < deadline, "the worker's threads never went idle"
+        time.sleep(0.005)
+
+
+def test_a_large_group_is_shared_with_idle_threads_and_its_outputs_come_back_in_order() -> None:
+    both_running = threading.Barrier(2, timeout=10)  # passes only if the two parts run at the same time
+    calls: list[tuple[str, list[int]]] = []
+
+    def runner(key: Any, items: list[int]) -> list[str]:
+        both_running.wait()
+        calls.append((threading.current_thread().name, list(items)))
+        return [f"{item}!" for item in items]
+
+    worker = ModelWorker({"run": runner}, threads=2, split_tokens=32)
+    try:
+        worker.start()
+        _wait_idle(worker, 2)
+        sizes = [30, 5, 5, 10, 5, 5]  # one long text and five short ones: 30 tokens each way
+        outputs = worker.submit(("run",), list(range(6)), tokens=60, sizes=sizes).result(10)
+        assert outputs == [f"{i}!" for i in range(6)]
+        assert sorted(items for _, items in calls) == [[0], [1, 2, 3, 4, 5]]
+        assert len({name for name, _ in calls}) == 2  # one part on each thread
+        # below split_tokens a group runs whole, on one thread
+        calls.clear()
+        both_running = threading.Barrier(1)
+        _wait_idle(worker, 2)
+        assert worker.submit(("run",), [7, 8], tokens=20).result(10) == ["7!", "8!"]
+        assert [items for _, items in calls] == [[7, 8]]
+    finally:
+        worker.stop()
+
+
+def test_a_shared_group_that_fails_reruns_whole_so_the_error_names_the_request_s_own_positions() -> None:
+    def runner(key: Any, items: list[str]) -> list[str]:
+        if "bad" in items:
+            raise ValueError(f"bad input at position {items.index('bad')}")
+        return items
+
+    worker = ModelWorker({"run": runner}, threads=2, split_tokens=2)
+    try:
+        worker.start()
+        _wait_idle(worker, 2)
+        items = ["a", "b", "c", "d", "bad", "e"]
+        with pytest.raises(ValueError, match="at position 4$"):
+            worker.submit(("run",), items, tokens=60, sizes=[10] * 6).result(10)
+        with pytest.raises(ValueError, match="2 sizes for 3 items"):
+            worker.submit(("run",), ["a", "b", "c"], tokens=3, sizes=[1, 2])
+    finally:
+        worker.stop()

@@ -348,18 +348,22 @@ def create_app(
             worker.unexpect()
             raise
         tokens = sum(len(f["input_ids"]) for f in features)
-        return await submit(request, ("embed", heads), features, tokens, expected=True), tokens
+        sizes = [len(f["input_ids"]) for f in features]
+        return await submit(request, ("embed", heads), features, sizes, expected=True), tokens
 
     async def submit(
-        request: Any, key: Any, items: list[Any], tokens: int, expected: bool = False
+        request: Any, key: Any, items: list[Any], tokens: int | list[int], expected: bool = False
     ) -> list[Any]:
-        """Queue ``items`` for the worker; wait for them, the request timeout or the client leaving."""
+        """Queue ``items`` for the worker; wait for them, the request timeout or the client leaving.
+        ``tokens``: the request's tokens, or each item's (the worker then splits a group fairly by them)."""
         if worker.failed is not None:
             if expected:
                 worker.unexpect()
             raise HTTPProblem(503, "the model failed to start; see the server's log")
         try:
-            future = asyncio.wrap_future(worker.submit(key, items, tokens, expected=expected))
+            sizes = tokens if isinstance(tokens, list) else None
+            total = sum(tokens) if isinstance(tokens, list) else tokens
+            future = asyncio.wrap_future(worker.submit(key, items, total, expected=expected, sizes=sizes))
         except RuntimeError:
             raise HTTPProblem(503, "the server is shutting down", {"Retry-After": "1"}) from None
         gone = asyncio.ensure_future(_client_gone(request))
@@ -713,8 +717,8 @@ def create_app(
             except BaseException:
                 worker.unexpect()
                 raise
-            tokens = sum(len(p.feature["input_ids"]) for p in tokenized)
-            raw = await submit(request, ("rerank",), tokenized, tokens, expected=True)
+            sizes = [len(p.feature["input_ids"]) for p in tokenized]
+            raw = await submit(request, ("rerank",), tokenized, sizes, expected=True)
             return np.asarray(raw, dtype=np.float64)
 
         def tokenize_pairs(pairs: list[tuple[str, str]]) -> list[Any]:

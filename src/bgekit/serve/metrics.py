@@ -12,7 +12,7 @@ _TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 
 class ServerMetrics(WorkerStats):
     """Histograms of request, queue, tokenization and inference time, batch sizes in texts and tokens,
-    counts by route and status, queue depth and requests in flight.
+    counts by route and status, groups shared between model threads, queue depth and requests in flight.
 
     Example:
         >>> metrics = ServerMetrics()
@@ -59,6 +59,11 @@ class ServerMetrics(WorkerStats):
         self.batch_tokens = prom.Histogram(
             "bgekit_batch_tokens", "Tokens in one model call.", buckets=_TOKENS, registry=r
         )
+        self.shared_groups = prom.Counter(
+            "bgekit_shared_groups",
+            "Groups split between model threads that were idle (--streams > 1).",
+            registry=r,
+        )
         self.queue_depth = prom.Gauge("bgekit_queue_depth", "Jobs waiting for the model.", registry=r)
         self.in_flight = prom.Gauge("bgekit_requests_in_flight", "Requests being answered.", registry=r)
         self._content_type = prom.CONTENT_TYPE_LATEST
@@ -77,6 +82,9 @@ class ServerMetrics(WorkerStats):
         self.inference_seconds.observe(run_seconds)
         for seconds in queue_seconds:
             self.queue_seconds.observe(seconds)
+
+    def shared(self, parts: int) -> None:
+        self.shared_groups.inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
