@@ -38,13 +38,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from bgekit.errors import ConfigError, InputError
-from bgekit.inference.inputs import apply_instruction
 from bgekit.inference.onnx_backend import (
     GRAPH_VERSION,
     calibrated_graph_name,
@@ -238,8 +237,6 @@ def calibrate_int8(
         >>> calibrate_int8(model_path, corpus_texts, "out/minilm-int8").min_cosine  # doctest: +SKIP
         0.996
     """
-    from transformers import AutoTokenizer
-
     from bgekit import Embedder
     from bgekit.inference.base import file_fingerprint
     from bgekit.models.loading import resolve_model_folder
@@ -272,29 +269,23 @@ def calibrate_int8(
     query_check = query_texts[len(query_texts) - query_held_out :]
     folder = resolve_model_folder(model)
     fingerprint = file_fingerprint(folder)[:16]
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     kwargs: dict[str, Any] = {"device": "cpu"}
     if max_length is not None:
         kwargs.update(query_max_length=max_length, passage_max_length=max_length)
     fp32 = Embedder(folder, **kwargs)
     reference = np.asarray(fp32.encode_corpus(check))
     query_reference = np.asarray(fp32.encode_queries(query_check)) if query_check else None
-    # the token rows inference feeds: passages at the passage limit, queries with their instruction at
-    # the query limit
-    settings = fp32.settings
-    rows = tokenizer(
-        apply_instruction(calibration, settings.passage_instruction, settings.passage_instruction_format),
-        truncation=True,
-        max_length=fp32.token_limit("passage", max_length),
-    )["input_ids"]
-    if query_calibration:
-        rows += tokenizer(
-            apply_instruction(
-                query_calibration, settings.query_instruction, settings.query_instruction_format
-            ),
-            truncation=True,
-            max_length=fp32.token_limit("query", max_length),
-        )["input_ids"]
+    # the token rows inference feeds, by the model's own tokenizer: passages with their instruction at the
+    # passage limit, queries with theirs at the query limit
+    rows = []
+    kinds: tuple[tuple[Literal["passage", "query"], list[str]], ...] = (
+        ("passage", calibration),
+        ("query", query_calibration),
+    )
+    for kind, part in kinds:
+        if part:
+            prepared, limit = fp32.prepare(part, kind, max_length)
+            rows += [feature["input_ids"] for feature in fp32.tokenize(prepared, limit)]
     offset = position_offset(fp32.config) if backend == "openvino" else None
     del fp32
     if backend == "openvino":  # checked as a user loads it: bf16 around the int8 MatMuls where bf16 is fast
