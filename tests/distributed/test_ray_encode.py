@@ -173,7 +173,9 @@ def test_rerun_after_an_interruption_skips_finished_shards(
     finished = len(parts(out))
     assert 0 < finished < 6
     result = encode_with_ray(tiny_bert_dir, corpus, str(out), num_actors=2, rows_per_shard=20)
-    assert (result.shards_skipped, result.shards_written, result.rows) == (finished, 6 - finished, 120)
+    # the other actor may still finish the shard it was on after the job failed: skipped counts it too
+    assert finished <= result.shards_skipped < 6, (finished, result)
+    assert (result.shards_skipped + result.shards_written, result.rows) == (6, 120)
     assert read_shards(str(out)).ids == [d["_id"] for d in docs]
     again = encode_with_ray(tiny_bert_dir, corpus, str(out), rows_per_shard=20)  # all done: Ray not needed
     assert (again.shards_skipped, again.shards_written, again.num_actors) == (6, 0, 0)
