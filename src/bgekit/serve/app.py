@@ -347,9 +347,8 @@ def create_app(
         except BaseException:
             worker.unexpect()
             raise
-        tokens = sum(len(f["input_ids"]) for f in features)
         sizes = [len(f["input_ids"]) for f in features]
-        return await submit(request, ("embed", heads), features, sizes, expected=True), tokens
+        return await submit(request, ("embed", heads), features, sizes, expected=True), sum(sizes)
 
     async def submit(
         request: Any, key: Any, items: list[Any], tokens: int | list[int], expected: bool = False
