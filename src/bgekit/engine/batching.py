@@ -7,6 +7,7 @@ progress, and returns every output in input order.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -29,6 +30,24 @@ CPU_MAX_TOKENS_PER_BATCH = 4096
 CPU_BATCH_OVERHEAD_TOKENS = 32
 """What one more forward pass costs on a CPU, in padded tokens (a MiniLM forward's fixed cost is about
 what 30 more tokens cost). The engine splits a batch where the padding it saves is worth more than this."""
+
+
+def balanced_parts(sizes: Sequence[float], count: int) -> list[list[int]]:
+    """Positions of ``sizes`` split into ``count`` parts of about equal sum, largest first to the lightest
+    part (ties: the part with fewer items, then the first); each part's positions in ascending order, every
+    part non-empty when there are enough items.
+
+    Example:
+        >>> balanced_parts([300, 20, 280, 30, 10], 2)
+        [[0, 1], [2, 3, 4]]
+    """
+    parts: list[list[int]] = [[] for _ in range(count)]
+    lightest = [(0.0, 0, part) for part in range(count)]  # (load, items, part): a heap, lightest first
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        load, items, part = heapq.heappop(lightest)
+        parts[part].append(i)
+        heapq.heappush(lightest, (load + sizes[i], items + 1, part))
+    return [sorted(part) for part in parts if part]
 
 
 def batch_overhead_tokens(device: torch.device) -> int | None:

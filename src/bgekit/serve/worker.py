@@ -26,6 +26,7 @@ from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any
 
+from bgekit.engine.batching import balanced_parts
 from bgekit.serve.memory import HeapTrimmer
 
 logger = logging.getLogger(__name__)
@@ -376,20 +377,3 @@ def checked(outputs: Sequence[Any], count: int) -> list[Any]:
     if len(result) != count:
         raise RuntimeError(f"a runner returned {len(result)} outputs for {count} inputs")
     return result
-
-
-def balanced_parts(sizes: Sequence[float], count: int) -> list[list[int]]:
-    """Positions of ``sizes`` split into ``count`` parts of about equal sum, largest first to the lightest
-    part; each part's positions in ascending order, every part non-empty when there are enough items.
-
-    Example:
-        >>> balanced_parts([300, 20, 280, 30, 10], 2)
-        [[0, 1], [2, 3, 4]]
-    """
-    parts: list[list[int]] = [[] for _ in range(count)]
-    loads = [0.0] * count
-    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        lightest = min(range(count), key=lambda p: (loads[p], len(parts[p])))
-        parts[lightest].append(i)
-        loads[lightest] += sizes[i]
-    return [sorted(part) for part in parts if part]
