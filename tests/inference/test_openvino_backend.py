@@ -102,7 +102,8 @@ def test_packed_rows_give_each_text_what_it_gets_alone(
     tokenizer = AutoTokenizer.from_pretrained(minilm_copy)
     queries, passage = list(texts[1][:12]), texts[0][0]["text"]
     cases = {  # texts, side -> rows fed (None: as many as the batch has)
-        "many short texts of many lengths": (queries, "right", 3),
+        # 267 tokens: first fit fills 3 rows of up to 121, spread evenly 4 rows of 67 run fewer slots
+        "many short texts of many lengths": (queries, "right", 4),
         "one longer than a row among short ones: one text per row": ([passage, *queries[:6]], "right", None),
         "left padding": (queries[:6], "left", 1),
         "little padding: one text per row": ([queries[1], queries[1] + " again"], "right", None),
