@@ -30,9 +30,10 @@ planner's ``packed_token_cost`` (:data:`PACKED_TOKEN_COST`)."""
 PACKED_TOKEN_COST = 1.0 / (1.0 - PACK_ABOVE_PADDING)
 
 PACK_ROW_TOKENS = 128
-"""Tokens per packed row (a longer text gets a row of its own). Rows of 96-128 tokens ran groups of 36
-SciFact queries 1.5-1.7x faster than padding them, and rows of 64 or 192 were slower: short rows mean
-many rows, long rows spend more on attention across texts that is masked anyway."""
+"""Tokens per packed row at most (a longer text gets a row of its own; :func:`packed_layout` may run
+narrower rows). Rows of 96-128 tokens ran groups of 36 SciFact queries 1.5-1.7x faster than padding them,
+and rows of 64 or 192 were slower: short rows mean many rows, long rows spend more on attention across
+texts that is masked anyway."""
 
 PACK_MAX_LENGTH = PACK_ROW_TOKENS
 """Only a batch whose longest text fits in one row is packed. Longer texts (documents) come length-sorted
