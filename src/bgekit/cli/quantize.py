@@ -1,4 +1,5 @@
-"""Quantise an embedder to static int8, calibrated on a sample of your own texts, and save it by path.
+"""Quantise an embedder or a cross-encoder to static int8, calibrated on a sample of your own texts, and
+save it by path.
 
 The texts come from ``--corpus``: a corpus JSONL (``_id``, ``title``, ``text``, as ``bgekit encode``
 reads) or a plain text file with one text per line. A seeded random sample of ``--samples`` texts
@@ -10,10 +11,17 @@ the model's files and the calibrated graph; load it with
 ``Embedder(OUT, quantization="int8-static")``, or, calibrated with ``--backend openvino``,
 ``Embedder(OUT, backend="openvino", quantization="int8-static")``.
 
+A cross-encoder calibrates on ``--pairs`` instead: a JSONL of ``{"query", "passage"}`` lines, as ``bgekit
+rerank --input`` reads. A seeded sample of whole queries (each with all its pairs) gives up to
+``--samples`` + ``--held-out`` pairs; the last queries' ``--held-out`` pairs check the result, and a graph
+whose scores rank one query's held-out pairs with a Spearman correlation to fp32 below ``--threshold`` is
+refused. Load it with ``Reranker(OUT, quantization="int8-static"[, backend="openvino"])``.
+
 Example:
     bgekit quantize --model all-MiniLM-L6-v2 --corpus corpus.jsonl --out minilm-int8
     bgekit quantize --backend openvino --model all-MiniLM-L6-v2 --corpus corpus.jsonl --out minilm-ov-int8
     bgekit quantize --model all-MiniLM-L6-v2 --corpus corpus.jsonl --queries queries.jsonl --out minilm-int8
+    bgekit quantize --backend openvino --model my-cross-encoder --pairs pairs.jsonl --out ce-ov-int8
 """
 
 from __future__ import annotations
@@ -22,13 +30,20 @@ import argparse
 import os
 import random
 import sys
+from typing import Any
 
 from bgekit.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder (or hub name) to quantise")
-    parser.add_argument("--corpus", required=True, help="corpus JSONL, or a text file with one text per line")
+    texts = parser.add_mutually_exclusive_group(required=True)
+    texts.add_argument(
+        "--corpus", help="an embedder's texts: corpus JSONL, or a text file with one text per line"
+    )
+    texts.add_argument(
+        "--pairs", help="a cross-encoder's (query, passage) pairs: JSONL with 'query' and 'passage' per line"
+    )
     parser.add_argument("--out", required=True, help="folder to write the model with its calibrated graph to")
     parser.add_argument(
         "--queries",
@@ -36,9 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="queries JSONL (_id, text), or a text file with one query per line: a sample of up to "
         "--samples + --held-out also calibrates, its held-out part is checked as queries",
     )
-    parser.add_argument("--samples", type=int, default=300, help="texts to calibrate on (default 300)")
-    parser.add_argument("--held-out", type=int, default=100, help="other texts that check the result")
-    parser.add_argument("--threshold", type=float, default=0.995, help="lowest held-out cosine to fp32 kept")
+    parser.add_argument(
+        "--samples", type=int, default=300, help="texts (or pairs) to calibrate on (default 300)"
+    )
+    parser.add_argument(
+        "--held-out", type=int, default=100, help="other texts (or pairs) that check the result"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.995,
+        help="lowest held-out cosine to fp32 kept (with --pairs: lowest Spearman within a query)",
+    )
     parser.add_argument(
         "--max-length", type=int, default=None, help="token limit of the texts (default: the model's own)"
     )
@@ -79,13 +103,31 @@ def keep_fp32_groups(value: str) -> str | list[str]:
     return [] if value == "none" else [g.strip() for g in value.split(",") if g.strip()]
 
 
-def run(args: argparse.Namespace) -> int:
-    from bgekit.inference.calibrate import calibrate_int8
+def sample_pairs(pairs: list[tuple[str, Any]], wanted: int, seed: int) -> list[tuple[str, Any]]:
+    """Up to ``wanted`` pairs, whole queries at a time in a seeded order, so the held-out pairs at the end
+    are whole rankings.
 
+    Example:
+        >>> sample_pairs([("a", "1"), ("b", "2"), ("a", "3")], 2, seed=0)
+        [('a', '1'), ('a', '3')]
+    """
+    by_query: dict[str, list[tuple[str, Any]]] = {}
+    for pair in pairs:
+        by_query.setdefault(pair[0], []).append(pair)
+    order = list(by_query)
+    random.Random(seed).shuffle(order)
+    return [pair for query in order for pair in by_query[query]][:wanted]
+
+
+def run(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not args.overwrite:
         raise InputError(f"--out {args.out!r} exists; pass --overwrite to replace it")
     if args.samples < 16:
         raise InputError(f"--samples {args.samples} is too few; give at least 16")
+    if args.pairs is not None:
+        return _run_pairs(args)
+    from bgekit.inference.calibrate import calibrate_int8
+
     texts = read_texts(args.corpus)
     wanted = args.samples + args.held_out
     if len(texts) > wanted:
@@ -119,6 +161,36 @@ def run(args: argparse.Namespace) -> int:
         f"int8 vectors reach cosine min {report.min_cosine:.5f}, mean {report.mean_cosine:.5f} to fp32 "
         f"({len(report.fp32_nodes)} MatMuls left unquantised: {', '.join(report.fp32_groups) or 'none'}) "
         f"-> {args.out}; load it with backend={args.backend!r}, quantization='int8-static'",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _run_pairs(args: argparse.Namespace) -> int:
+    from bgekit.cli.rerank import read_pairs
+    from bgekit.inference.calibrate import calibrate_reranker_int8
+
+    if args.queries is not None:
+        raise InputError("--queries calibrates an embedder; a cross-encoder's --pairs carry their queries")
+    if not os.path.isfile(args.pairs):
+        raise InputError(f"--pairs {args.pairs!r} is not a file")
+    pairs = sample_pairs(read_pairs(args.pairs)[0], args.samples + args.held_out, args.seed)
+    report = calibrate_reranker_int8(
+        args.model,
+        pairs,
+        args.out,
+        held_out=args.held_out,
+        threshold=args.threshold,
+        max_length=args.max_length,
+        keep_fp32=keep_fp32_groups(args.keep_fp32),
+        backend=args.backend,
+    )
+    print(
+        f"calibrated on {report.calibration_pairs} pairs; on {report.held_out_pairs} held-out pairs the int8 "
+        f"scores rank each query's pairs with Spearman min {report.min_spearman:.5f}, mean "
+        f"{report.mean_spearman:.5f} to fp32 (scores within {report.max_score_difference:.4f}; "
+        f"{len(report.fp32_nodes)} MatMuls left unquantised: {', '.join(report.fp32_groups) or 'none'}) -> "
+        f"{args.out}; load it with Reranker(..., backend={args.backend!r}, quantization='int8-static')",
         file=sys.stderr,
     )
     return 0

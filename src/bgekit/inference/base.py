@@ -251,8 +251,9 @@ class DeviceModel:
         if not os.path.isfile(graph):
             raise ConfigError(
                 f"quantization='int8-static' with backend='openvino' needs a calibrated graph at {graph!r} "
-                "(for these weights); make one with `bgekit quantize --backend openvino --model ... --corpus ... "
-                "--out ...` and load the folder it writes"
+                "(for these weights); make one with `bgekit quantize --backend openvino --model ... "
+                f"{'--corpus' if self.onnx_task == 'feature-extraction' else '--pairs'} ... --out ...` and load "
+                "the folder it writes"
             )
         return graph
 

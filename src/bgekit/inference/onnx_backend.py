@@ -96,6 +96,11 @@ def calibrated_graph_name(fingerprint: str, task: Task = "feature-extraction", b
     return f"{task}-{fingerprint}-int8-static-{GRAPH_VERSION}.onnx"
 
 
+def _calibration_input(task: Task) -> str:
+    """The ``bgekit quantize`` option that calibrates a model of this task."""
+    return "--corpus FILE" if task == "feature-extraction" else "--pairs FILE"
+
+
 def export_onnx(
     model_folder: str,
     task: Task,
@@ -126,7 +131,7 @@ def export_onnx(
         if not os.path.isfile(calibrated):
             raise ConfigError(
                 f"quantization='int8-static' needs a calibrated graph at {calibrated!r} (for these weights); "
-                f"make it with: bgekit quantize --model MODEL --corpus FILE --out {model_folder}"
+                f"make it with: bgekit quantize --model MODEL {_calibration_input(task)} --out {model_folder}"
             )
         return calibrated
     folder = _cache_folder(model_folder, fingerprint)
