@@ -69,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-fp32",
         default="auto",
-        help="MatMul groups left in fp32, comma-separated (ffn-output, ffn-input, attention-qkv, last-layer; "
-        "'none' for none), or 'auto' (default): the fewest that reach --threshold",
+        help="MatMul groups left in fp32, comma-separated (ffn-output, first-ffn-output, ffn-input, "
+        "attention-qkv, last-layer; 'none' for none), or 'auto' (default): the fewest that reach --threshold",
     )
     parser.add_argument(
         "--backend",
