@@ -417,7 +417,7 @@ def calibrated(folder: str, workload: Workload, backend: str, max_length: int) -
         return None
     print(
         f"[bgekit {backend} int8-static] calibrated in {time.perf_counter() - start:.0f}s: held-out Spearman "
-        f"min {report.min_spearman:.5f}, unquantised {'+'.join(report.fp32_groups)}"
+        f"min {report.min_spearman:.5f}; tried {'; '.join(report.tried)}"
     )
     return out
 

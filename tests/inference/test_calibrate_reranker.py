@@ -56,6 +56,9 @@ def test_report_and_reload_give_the_checked_ranking(
     assert report.calibration_pairs == len(pairs) - HELD_OUT and report.held_out_pairs == HELD_OUT
     assert report.path.startswith(out) and os.path.isfile(report.path)
     assert report.fp32_groups[0] == "ffn-output" and len(report.fp32_nodes) >= 6
+    # the rungs tried, in order, the last the graph kept
+    assert report.tried[0].startswith("unquantised ffn-output: Spearman min ")
+    assert report.tried[-1].startswith(f"unquantised {'+'.join(report.fp32_groups)}: ")
     assert THRESHOLD <= report.min_spearman <= report.mean_spearman <= 1.0
     held_out = pairs[-HELD_OUT:]
     reference = np.asarray(Reranker(minilm_cross_encoder, device="cpu").compute_score(held_out))
@@ -122,6 +125,7 @@ def test_cli_quantize_pairs_writes_a_reranker_that_loads(
     message = capsys.readouterr().err
     assert f"calibrated on 84 pairs; on {HELD_OUT} held-out pairs" in message
     assert "quantization='int8-static'" in message
+    assert "tried, in order: unquantised ffn-output: Spearman min" in message
     scores = Reranker(str(out), device="cpu", quantization="int8-static").compute_score(pairs[:4])
     assert len(scores) == 4 and all(np.isfinite(scores))
 

@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         f"-> {args.out}; load it with backend={args.backend!r}, quantization='int8-static'",
         file=sys.stderr,
     )
+    print("tried, in order: " + "; ".join(report.tried), file=sys.stderr)
     return 0
 
 
@@ -193,4 +194,5 @@ def _run_pairs(args: argparse.Namespace) -> int:
         f"{args.out}; load it with Reranker(..., backend={args.backend!r}, quantization='int8-static')",
         file=sys.stderr,
     )
+    print("tried, in order: " + "; ".join(report.tried), file=sys.stderr)
     return 0

@@ -99,6 +99,8 @@ class CalibrationReport:
     held_out_queries: int = 0
     query_min_cosine: float | None = None
     """The minimum over the held-out queries alone (``min_cosine`` covers them and the texts)."""
+    tried: tuple[str, ...] = ()
+    """One line per rung of the ladder tried, in order, with its figures; the last is the graph kept."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class RerankerCalibrationReport:
     max_score_difference: float
     fp32_nodes: tuple[str, ...]
     fp32_groups: tuple[str, ...]
+    tried: tuple[str, ...] = ()
+    """One line per rung of the ladder tried, in order, with its figures; the last is the graph kept."""
 
 
 def _as_query(item: Any, index: int) -> str:
@@ -386,6 +390,7 @@ def calibrate_int8(
         calibration_queries=len(query_calibration),
         held_out_queries=len(query_check),
         query_min_cosine=query_low,
+        tried=result.tried,
     )
 
 
@@ -527,6 +532,7 @@ def calibrate_reranker_int8(
         max_score_difference=difference,
         fp32_nodes=result.fp32_nodes,
         fp32_groups=result.fp32_groups,
+        tried=result.tried,
     )
 
 
@@ -539,6 +545,7 @@ class _Kept:
     figures: Any
     fp32_nodes: tuple[str, ...]
     fp32_groups: tuple[str, ...]
+    tried: tuple[str, ...]
 
 
 Check = Callable[[str], tuple[float, str, Any]]
@@ -592,7 +599,8 @@ def _first_passing(
         replace_folder(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    return _Kept(os.path.join(out, "onnx", os.path.basename(graph)), low, figures, tuple(excluded), groups)
+    path = os.path.join(out, "onnx", os.path.basename(graph))
+    return _Kept(path, low, figures, tuple(excluded), groups, tuple(tried))
 
 
 Quantize = Callable[[list[str]], None]
