@@ -75,9 +75,9 @@ cosine 0.9946 (documents) and 0.9950 (queries); the first layer's down-projectio
 0.9969 and 0.9956, about 9% faster than all six down-projections unquantised. Calibrated as
 ``benchmarks/encode.py`` does, SciFact nDCG@10 on all 5,183 documents at 512 tokens was 0.6532 (the last
 layer only unquantised), 0.6516 (with the first down-projection) and 0.6533 (all down-projections),
-against fp32's 0.6541. NNCF's int8 of the last
-layer's attention output lets a rare short input slip below the threshold unseen by any held-out sample
-(one of 809 queries fell to 0.992 where every held-out text passed), so that layer stays unquantised."""
+against fp32's 0.6541. NNCF's int8 of the last layer's attention output lets a rare short input slip
+below the threshold unseen by any held-out sample (one of 809 queries fell to 0.992 where every held-out
+text passed), so that layer stays unquantised."""
 DEFAULT_THRESHOLD = 0.995
 INFERRED_GRAPH = "inferred.onnx"
 """The shape-inferred fp32 graph ONNX Runtime's calibration reads, staged beside the result and removed."""
@@ -180,8 +180,9 @@ def _row_inputs(feature: Feature) -> dict[str, torch.Tensor]:
 
 def matmul_groups(graph_path: str) -> dict[str, list[str]]:
     """The graph's MatMuls by role: ``ffn-output`` (takes a GELU's output: the FFN down-projection),
-    ``first-ffn-output`` (the first layer's), ``ffn-input`` (feeds a GELU), ``attention-qkv`` (query/key/value projections) and ``last-layer`` (a
-    cross-encoder's pooler and classifier with it: one row per pair, cheap, and the score itself)."""
+    ``first-ffn-output`` (the first layer's), ``ffn-input`` (feeds a GELU), ``attention-qkv``
+    (query/key/value projections) and ``last-layer`` (a cross-encoder's pooler and classifier with it: one
+    row per pair, cheap, and the score itself)."""
     import onnx
 
     model = onnx.load(graph_path, load_external_data=False)
@@ -286,8 +287,9 @@ def calibrate_int8(
         max_length: token limit of the calibration and held-out texts; default the model's own passage
             limit, the one ``Embedder(out, quantization="int8-static")`` applies.
         keep_fp32: MatMul groups left unquantised (``ffn-output``, ``first-ffn-output``, ``ffn-input``,
-            ``attention-qkv``, ``last-layer``; empty: quantise all), or ``"auto"``: try ``AUTO_LADDER``'s sets in order
-            (``OPENVINO_LADDER``'s for OpenVINO) and keep the first that reaches ``threshold``.
+            ``attention-qkv``, ``last-layer``; empty: quantise all), or ``"auto"``: try ``AUTO_LADDER``'s
+            sets in order (``OPENVINO_LADDER``'s for OpenVINO) and keep the first that reaches
+            ``threshold``.
         backend: ``"onnx"``: a QDQ graph for ONNX Runtime (``quantize_static``), the unquantised MatMuls
             in fp32; ``"openvino"``: an OpenVINO IR quantised by NNCF (``bgekit[openvino]``), whose
             unquantised MatMuls run in the dtype the model is loaded with (bf16 where the CPU has it).
