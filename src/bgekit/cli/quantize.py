@@ -103,6 +103,17 @@ def keep_fp32_groups(value: str) -> str | list[str]:
     return [] if value == "none" else [g.strip() for g in value.split(",") if g.strip()]
 
 
+def _calibration_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options an embedder's and a cross-encoder's calibration share, from the command line."""
+    return {
+        "held_out": args.held_out,
+        "threshold": args.threshold,
+        "max_length": args.max_length,
+        "keep_fp32": keep_fp32_groups(args.keep_fp32),
+        "backend": args.backend,
+    }
+
+
 def sample_pairs(pairs: list[tuple[str, Any]], wanted: int, seed: int) -> list[tuple[str, Any]]:
     """Up to ``wanted`` pairs, whole queries at a time in a seeded order, so the held-out pairs at the end
     are whole rankings.
@@ -137,17 +148,7 @@ def run(args: argparse.Namespace) -> int:
         queries = [str(q) for q in read_texts(args.queries, "--queries")]
         if len(queries) > wanted:
             queries = random.Random(args.seed).sample(queries, wanted)
-    report = calibrate_int8(
-        args.model,
-        texts,
-        args.out,
-        held_out=args.held_out,
-        threshold=args.threshold,
-        max_length=args.max_length,
-        keep_fp32=keep_fp32_groups(args.keep_fp32),
-        backend=args.backend,
-        queries=queries,
-    )
+    report = calibrate_int8(args.model, texts, args.out, queries=queries, **_calibration_options(args))
     calibrated = f"{report.calibration_texts} texts" + (
         f" and {report.calibration_queries} queries" if queries else ""
     )
@@ -176,16 +177,7 @@ def _run_pairs(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.pairs):
         raise InputError(f"--pairs {args.pairs!r} is not a file")
     pairs = sample_pairs(read_pairs(args.pairs)[0], args.samples + args.held_out, args.seed)
-    report = calibrate_reranker_int8(
-        args.model,
-        pairs,
-        args.out,
-        held_out=args.held_out,
-        threshold=args.threshold,
-        max_length=args.max_length,
-        keep_fp32=keep_fp32_groups(args.keep_fp32),
-        backend=args.backend,
-    )
+    report = calibrate_reranker_int8(args.model, pairs, args.out, **_calibration_options(args))
     print(
         f"calibrated on {report.calibration_pairs} pairs; on {report.held_out_pairs} held-out pairs the int8 "
         f"scores rank each query's pairs with Spearman min {report.min_spearman:.5f}, mean "
