@@ -16,7 +16,9 @@ sentence-transformers exported. bgekit's ``bgekit-onnx-int8-static`` (ONNX Runti
 ``bgekit-openvino-int8-static`` (NNCF for OpenVINO, ``dtype="auto"`` around the int8 MatMuls) are calibrated
 on the same texts by ``calibrate_int8`` (``bgekit quantize``), which keeps the fewest MatMuls unquantised
 that hold cosine >= 0.995 on held-out texts;
-``bgekit-openvino-fp32`` and ``-bf16`` run bgekit's engine on OpenVINO (``backend="openvino"``). Each
+``bgekit-openvino-fp32`` and ``-bf16`` run bgekit's engine on OpenVINO (``backend="openvino"``), and
+``bgekit-openvino-int8`` its dynamic int8 (int8 weights, inputs quantised per group at run time, no
+calibration; ``dtype="auto"`` around the int8 MatMuls). Each
 path is shown against sentence-transformers fp32 and against the fastest peer path of the run.
 ``bgekit-auto`` is ``backend="auto", dtype="auto"`` (its one-off measurement at load is not timed), on the
 folder ``bgekit-openvino-int8-static`` calibrated when that path ran first (``auto`` then measures the
@@ -74,6 +76,7 @@ PATHS = [
     "bgekit-onnx-int8-static",
     "bgekit-openvino-fp32",
     "bgekit-openvino-bf16",
+    "bgekit-openvino-int8",
     "bgekit-openvino-int8-static",
     "bgekit-auto",
 ]
@@ -199,6 +202,8 @@ def worker(args: argparse.Namespace) -> None:
             "bgekit-onnx-int8": {"quantization": "int8"},
             "bgekit-openvino-fp32": {"backend": "openvino", "dtype": "fp32"},
             "bgekit-openvino-bf16": {"backend": "openvino", "dtype": "bf16"},
+            # int8 weights, inputs quantised per group at run time; bf16 around them where it is fast
+            "bgekit-openvino-int8": {"backend": "openvino", "quantization": "int8", "dtype": "auto"},
             # chosen at load (not timed), from a measurement cached under .bench/auto-cache
             "bgekit-auto": {"backend": "auto", "dtype": "auto"},
         }[name]

@@ -194,8 +194,6 @@ def test_openvino_int8_without_its_graph_says_how_to_make_one(calibrated: tuple)
     out, _ = calibrated  # an ONNX Runtime calibration: no OpenVINO graph in it
     with pytest.raises(ConfigError, match="bgekit quantize --backend openvino"):
         Embedder(out, device="cpu", backend="openvino", quantization="int8-static").encode(["a text"])
-    with pytest.raises(ConfigError, match="'int8' runs on backend='onnx'"):
-        Embedder(out, device="cpu", backend="openvino", quantization="int8")
 
 
 def test_auto_measures_the_calibrated_graph_beside_the_other_paths(

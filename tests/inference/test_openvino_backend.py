@@ -136,6 +136,35 @@ def test_cross_encoder_on_openvino(
     assert np.corrcoef(np.asarray(bf16.compute_score(pairs)), ref)[0, 1] >= 0.99
 
 
+def test_dynamic_int8_keeps_full_quality(minilm_copy: str, minilm_cross_encoder: str, texts: tuple) -> None:
+    """int8 weights, inputs quantised per group at run time: cosine >= 0.995 with no calibration texts."""
+    from scipy.stats import spearmanr
+
+    docs, queries = texts
+    ref = Embedder(minilm_copy, device="cpu", passage_max_length=512)
+    docs_ref, queries_ref = ref.encode_corpus(docs), ref.encode_queries(queries)
+    int8 = Embedder(
+        minilm_copy, device="cpu", backend="openvino", quantization="int8", passage_max_length=512
+    )
+    got = int8.encode_corpus(docs)
+    assert float(np.abs(got - docs_ref).max()) > 1e-3  # the MatMuls did run in int8
+    assert float((got * docs_ref).sum(1).min()) >= 0.995
+    assert float((int8.encode_queries(queries) * queries_ref).sum(1).min()) >= 0.995
+    (graph,) = (Path(minilm_copy) / "onnx").glob("*-packed-v2-int8-openvino.xml")
+    assert graph.with_suffix(".bin").is_file()
+    written = graph.stat().st_mtime_ns
+    again = Embedder(
+        minilm_copy, device="cpu", backend="openvino", quantization="int8", passage_max_length=512
+    )
+    assert float((again.encode_corpus(docs[:8]) * docs_ref[:8]).sum(1).min()) >= 0.995
+    assert graph.stat().st_mtime_ns == written  # the cached IR, not a second compression
+
+    pairs = [(q, d["text"]) for q, d in zip(queries, docs, strict=False)]
+    scores = np.asarray(Reranker(minilm_cross_encoder, device="cpu").compute_score(pairs))
+    ranker = Reranker(minilm_cross_encoder, device="cpu", backend="openvino", quantization="int8")
+    assert spearmanr(np.asarray(ranker.compute_score(pairs)), scores).statistic >= 0.99
+
+
 def test_m3_heads_on_openvino(
     tmp_path: Path, tiny_m3_dir: str, scifact_corpus: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,8 +223,8 @@ def test_two_streams_run_calls_at_once_with_the_same_outputs(minilm_copy: str, t
 def test_bad_requests_name_the_problem(
     minilm_copy: str, decoder_dirs: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ConfigError, match="runs on backend='onnx'"):
-        Embedder(minilm_copy, backend="openvino", quantization="int8")
+    with pytest.raises(ConfigError, match="'int8' runs on backend='onnx' .* or 'openvino'"):
+        Embedder(minilm_copy, backend="torch", quantization="int8")
     with pytest.raises(ConfigError, match="'torch', 'onnx', 'openvino' or 'auto'"):
         Embedder(minilm_copy, backend="tensorrt")
     with pytest.raises(ConfigError, match="backend='openvino' supports encoder models"):

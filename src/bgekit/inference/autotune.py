@@ -6,9 +6,11 @@ AVX2 only, PyTorch or OpenVINO bf16 on CPUs with AMX, and a model's size shifts 
 a fixed sample of texts of mixed lengths with each, and keeps the fastest whose outputs stay within
 ``MIN_COSINE`` of PyTorch fp32. Candidates: PyTorch in the model's dtype, ONNX Runtime fp32 (encoder
 models), OpenVINO in the same dtypes when it is installed (``bgekit[openvino]``), and with
-``dtype="auto"`` bf16 on PyTorch and OpenVINO where this CPU multiplies bf16 fast. Dynamic int8 is not a
-candidate: it moves embeddings to 0.98-0.99 cosine, which is not full quality (ask for it with
-``quantization="int8"``).
+``dtype="auto"`` bf16 on PyTorch and OpenVINO where this CPU multiplies bf16 fast. OpenVINO's dynamic
+int8 (int8 weights, inputs quantised per group of one token at run time; needs NNCF, also in
+``bgekit[openvino]``) is a candidate in the same dtypes, and is kept only where it qualifies like any other.
+ONNX Runtime's dynamic int8 is not a candidate: one scale per tensor moves embeddings to 0.98-0.99 cosine,
+which is not full quality (ask for it with ``quantization="int8"``).
 
 The choice is cached per machine (CPU model and flags, threads, torch, ONNX Runtime and OpenVINO versions), model
 files and request in ``$BGEKIT_CACHE_DIR/auto/`` (default ``~/.cache/bgekit/auto/``); later loads read it
@@ -84,7 +86,8 @@ class AutoChoice:
         backend: ``"torch"``, ``"onnx"`` or ``"openvino"``.
         dtype: the dtype that runs (``"fp32"`` or ``"bf16"``).
         quantization: ``"int8-static"`` when the fastest path was a graph ``bgekit quantize`` calibrated
-            for this model (a candidate only where the model folder holds one), else ``None``.
+            for this model (a candidate only where the model folder holds one), ``"int8"`` when it was
+            OpenVINO's dynamic int8, else ``None``.
         rates: texts per second of each candidate (``"torch/fp32"``, ...) on the sample.
         cosines: each candidate's minimum cosine to the reference outputs.
         skipped: candidates that could not run here, with the reason.
@@ -160,6 +163,7 @@ def candidates(
     bf16_fast: bool,
     openvino: bool = False,
     calibrated: tuple[str, ...] = (),
+    openvino_int8: bool = False,
 ) -> list[tuple[str, ...]]:
     """The (backend, dtype[, quantization]) paths to measure for a CPU model.
 
@@ -168,7 +172,8 @@ def candidates(
     in it, and ONNX when it is fp32. With ``openvino`` (the package is installed) OpenVINO runs in each
     dtype PyTorch does. ``calibrated`` names the backends the model folder holds a static int8 graph for
     (``bgekit quantize``): each is a candidate too (ONNX Runtime's in fp32; OpenVINO's with its unquantised
-    MatMuls in each dtype OpenVINO runs).
+    MatMuls in each dtype OpenVINO runs). ``openvino_int8`` (NNCF is installed too) adds OpenVINO's
+    dynamic int8 in each dtype OpenVINO runs.
 
     Example:
         >>> candidates("fp32", None, bf16_fast=True)
@@ -179,6 +184,8 @@ def candidates(
         [('openvino', 'fp32'), ('openvino', 'bf16')]
         >>> candidates("fp32", "auto", bf16_fast=True, openvino=True, calibrated=("openvino",))[-1]
         ('openvino', 'bf16', 'int8-static')
+        >>> candidates("fp32", None, bf16_fast=False, openvino=True, openvino_int8=True)[-1]
+        ('openvino', 'fp32', 'int8')
     """
     if requested_dtype == "auto":
         dtypes = ["fp32"] + (["bf16"] if bf16_fast else [])
@@ -194,6 +201,8 @@ def candidates(
         paths.append(("onnx", "fp32", "int8-static"))
     if openvino and "openvino" in calibrated:
         paths += [("openvino", d, "int8-static") for d in dtypes if d in ("fp32", "bf16")]
+    if openvino and openvino_int8:
+        paths += [("openvino", d, "int8") for d in dtypes if d in ("fp32", "bf16")]
     return paths
 
 

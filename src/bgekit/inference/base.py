@@ -124,7 +124,12 @@ class DeviceModel:
         bf16_fast = requested == "auto" and cpu_bf16_speedup() >= AUTO_BF16_MIN_SPEEDUP
         openvino = importlib.util.find_spec("openvino") is not None
         paths = autotune.candidates(
-            default_dtype, requested, bf16_fast, openvino=openvino, calibrated=self._calibrated_backends()
+            default_dtype,
+            requested,
+            bf16_fast,
+            openvino=openvino,
+            calibrated=self._calibrated_backends(),
+            openvino_int8=importlib.util.find_spec("nncf") is not None,
         )
         ignored = {"device", "devices", "backend", "dtype", "quantization", "show_progress", "worker_timeout"}
         base = {k: v for k, v in kwargs.items() if k not in ignored}
@@ -206,7 +211,7 @@ class DeviceModel:
         return export_onnx(
             self.folder,
             self.onnx_task,
-            self.quantization,
+            None if self.backend == "openvino" else self.quantization,  # OpenVINO quantises its own IR
             fingerprint,
             fuse=self.backend != "openvino",
             packed=packed,
@@ -218,7 +223,12 @@ class DeviceModel:
         return OnnxRunner(self._onnx_graph(), self.onnx_task)
 
     def _openvino_runner(self) -> Any:
-        from bgekit.inference.openvino_backend import OpenVinoRunner, require_openvino
+        from bgekit.inference.openvino_backend import (
+            DYNAMIC_GROUP,
+            OpenVinoRunner,
+            int8_weights_graph,
+            require_openvino,
+        )
 
         require_openvino()  # before a slow export that would be of no use
         from bgekit.inference.packing import position_offset
@@ -227,11 +237,14 @@ class DeviceModel:
         offset = None
         if self.onnx_task == "feature-extraction" and config is not None:  # a classifier is never packed
             offset = position_offset(config)
+        group = None
         if self.quantization == "int8-static":
             graph = self._calibrated_openvino_graph()
         else:
             graph = self._onnx_graph(packed=offset is not None)
-        return OpenVinoRunner(graph, self.onnx_task, self.dtype, position_offset=offset)
+        if self.quantization == "int8":
+            graph, group = int8_weights_graph(graph), DYNAMIC_GROUP
+        return OpenVinoRunner(graph, self.onnx_task, self.dtype, position_offset=offset, dynamic_group=group)
 
     def _calibrated_graph(self, backend: str) -> str:
         """Where ``bgekit quantize --backend BACKEND`` writes its static int8 graph for these weights."""

@@ -138,8 +138,11 @@ def resolve_runtime(kwargs: dict[str, Any], default_dtype: str, gpu_token_budget
     if backend == "auto" and (quantization or first.type != "cpu"):
         # int8 runs on a graph calibrated for one runtime; accelerators run PyTorch: nothing to measure
         backend = "onnx" if quantization else "torch"
-    if quantization == "int8" and backend != "onnx":
-        raise ConfigError("quantization='int8' runs on backend='onnx'; leave backend out or set it to 'onnx'")
+    if quantization == "int8" and backend not in GRAPH_BACKENDS:
+        raise ConfigError(
+            f"quantization='int8' runs on backend='onnx' (ONNX Runtime's dynamic int8, the default) or "
+            f"'openvino' (int8 weights, inputs quantised per group of one token at run time), not {backend!r}"
+        )
     if quantization == "int8-static" and backend not in GRAPH_BACKENDS:
         raise ConfigError(
             "quantization='int8-static' runs on backend='onnx' or 'openvino' (the graph `bgekit quantize "
