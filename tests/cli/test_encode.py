@@ -95,4 +95,8 @@ def test_backend_auto_reports_its_choice(
     err = capsys.readouterr().err
     assert "backend auto: " in err and "texts/s" in err and "onnx/fp32" in err and "torch/fp32" in err
     expected = Embedder(tiny_bert_dir, device="cpu").encode_corpus(["Giant pandas are bears.", "BGE."])
-    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    chosen = err.split("backend auto: ", 1)[1].split(" at ", 1)[0]
+    if chosen.endswith("/int8"):  # OpenVINO's dynamic int8 qualified on the sample: full quality
+        assert float((np.load(out) * expected).sum(1).min()) >= 0.995
+    else:
+        np.testing.assert_allclose(np.load(out), expected, atol=1e-5)

@@ -49,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=10_000, help="documents between checkpoints")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default=None)
     add_backend_argument(parser)
-    parser.add_argument("--quantization", choices=["int8"], default=None, help="int8 through ONNX Runtime")
+    parser.add_argument(
+        "--quantization",
+        choices=["int8"],
+        default=None,
+        help="dynamic int8: ONNX Runtime's, or OpenVINO's (per-token groups, full quality) with --backend openvino",
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--devices", nargs="+", default=None, help="one worker per device, e.g. cpu cpu")
     parser.add_argument(

@@ -380,7 +380,8 @@ def calibrate_int8(
             f"the calibrated int8 graph of {model!r} reaches a minimum cosine of {low:.5f} to fp32 "
             f"(mean {figures[0]:.5f}) on {checked}, below threshold={threshold}; nothing "
             f"was saved to {out!r} (tried {tried}). Try more or more typical calibration "
-            "texts, more MatMuls in fp32 (keep_fp32), or a lower threshold"
+            "texts, more MatMuls in fp32 (keep_fp32), or a lower threshold; or load the model with "
+            "backend='openvino', quantization='int8' (dynamic int8, nothing to calibrate)"
         ),
     )
     (mean, query_low) = result.figures
@@ -524,7 +525,8 @@ def calibrate_reranker_int8(
             f"the calibrated int8 graph of {model!r} ranks {len(check_pairs)} held-out pairs with a lowest "
             f"Spearman of {low:.5f} to fp32 within a query (mean {figures[0]:.5f}), below "
             f"threshold={threshold}; nothing was saved to {out!r} (tried {tried}). Try more or more typical "
-            "calibration pairs, more MatMuls in fp32 (keep_fp32), or a lower threshold"
+            "calibration pairs, more MatMuls in fp32 (keep_fp32), or a lower threshold; or load the model "
+            "with backend='openvino', quantization='int8' (dynamic int8, nothing to calibrate)"
         ),
     )
     mean, difference = result.figures

@@ -809,6 +809,7 @@ def create_app(
                 "max_input_length": input_limit or embedder.settings.passage_max_length,
                 "dtype": embedder.dtype,
                 "backend": embedder.backend,
+                "quantization": embedder.quantization,
                 "heads": heads,
                 "normalize": bool(embedder.settings.normalize),
             }
