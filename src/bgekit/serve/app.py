@@ -809,7 +809,7 @@ def create_app(
                 "max_input_length": input_limit or embedder.settings.passage_max_length,
                 "dtype": embedder.dtype,
                 "backend": embedder.backend,
-                "quantization": embedder.quantization,
+                "quantization": getattr(embedder, "quantization", None),  # a multimodal model has none
                 "heads": heads,
                 "normalize": bool(embedder.settings.normalize),
             }
