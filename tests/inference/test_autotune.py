@@ -14,6 +14,14 @@ from bgekit.errors import ConfigError
 from bgekit.inference import autotune
 
 
+def assert_same_or_full_quality(got: np.ndarray, want: np.ndarray, quantization: str | None) -> None:
+    """An unquantised choice gives fp32's numbers; an int8 one that qualified keeps cosine >= MIN_COSINE."""
+    if quantization is None:
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    else:
+        assert float((got * want).sum(1).min()) >= autotune.MIN_COSINE
+
+
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BGEKIT_CACHE_DIR", str(tmp_path / "cache"))
@@ -48,11 +56,7 @@ def test_auto_measures_candidates_chooses_the_fastest_and_caches_it(cache: Path,
 
     texts = ["a short query", "a longer passage about retrieval and the vectors that serve it " * 5]
     want = Embedder(model_dir, device="cpu", backend="torch").encode_corpus(texts)
-    got = model.encode_corpus(texts)
-    if model.quantization is None:
-        np.testing.assert_allclose(got, want, atol=1e-5)
-    else:  # int8 qualified: full quality, not the same numbers
-        assert float((got * want).sum(1).min()) >= autotune.MIN_COSINE
+    assert_same_or_full_quality(model.encode_corpus(texts), want, model.quantization)
 
 
 def test_a_cached_choice_is_read_not_measured(
@@ -161,7 +165,4 @@ def test_serve_backend_auto_reports_what_it_runs(cache: Path, model_dir: str) ->
         )
         vectors = np.asarray(client.post("/embed", json={"inputs": ["a short query"]}).json())
     want = Embedder(model_dir, device="cpu").encode_corpus(["a short query"])
-    if choice.quantization is None:
-        np.testing.assert_allclose(vectors, want, atol=1e-5)
-    else:  # OpenVINO's dynamic int8 qualified on the sample
-        assert float((vectors * want).sum(1).min()) >= autotune.MIN_COSINE
+    assert_same_or_full_quality(vectors, want, choice.quantization)
