@@ -42,10 +42,13 @@ def test_auto_measures_candidates_chooses_the_fastest_and_caches_it(cache: Path,
     # openvino and nncf are installed here: OpenVINO fp32 and its dynamic int8 are candidates too
     assert set(choice.rates) == {"torch/fp32", "onnx/fp32", "openvino/fp32", "openvino/fp32/int8"}
     assert all(rate > 0 for rate in choice.rates.values())
+    assert set(choice.sample_rates) == {"queries", "passages"}
+    assert all(set(rates) == set(choice.rates) for rates in choice.sample_rates.values())
+    assert max(choice.scores.values()) <= 1.0
     for other in ("onnx/fp32", "openvino/fp32"):
         assert choice.cosines[other] >= 0.99999  # the same fp32 model on another runtime
     qualifying = [name for name, cosine in choice.cosines.items() if cosine >= autotune.MIN_COSINE]
-    fastest = max(qualifying, key=choice.rates.__getitem__)
+    fastest = max(qualifying, key=lambda n: (choice.scores[n], choice.rates[n]))
     chosen = (model.backend, model.dtype, model.quantization)
     assert chosen == (choice.backend, choice.dtype, choice.quantization)
     assert "/".join(part for part in chosen if part) == fastest
@@ -77,18 +80,61 @@ def test_a_cached_choice_is_read_not_measured(
 def test_the_fastest_candidate_below_full_quality_is_not_chosen(
     cache: Path, model_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fake(build, run, path, texts):  # type: ignore[no-untyped-def]
-        outputs = np.eye(len(texts), 8, dtype=np.float32) + 1.0
+    def fake(build, run, path):  # type: ignore[no-untyped-def]
+        outputs = np.eye(104, 8, dtype=np.float32) + 1.0
         if path == ("onnx", "fp32"):  # faster, but its outputs drift
             outputs = outputs + np.random.default_rng(0).normal(0, 1, outputs.shape).astype(np.float32)
-            return 500.0, outputs
-        return 100.0, outputs
+            return {"queries": 500.0, "passages": 50.0}, outputs
+        return {"queries": 100.0, "passages": 10.0}, outputs
 
     monkeypatch.setattr(autotune, "measure", fake)
     model = Embedder(model_dir, device="cpu", backend="auto")
     assert model.auto_choice is not None
     assert model.auto_choice.cosines["onnx/fp32"] < autotune.MIN_COSINE
     assert (model.backend, model.dtype) == ("torch", "fp32")
+
+
+def test_the_path_closest_to_the_best_on_both_samples_is_chosen(
+    cache: Path, model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # queries/s, passages/s: ONNX wins on passages but runs queries at 0.6 of the best; OpenVINO fp32 is
+    # within 5% of the best on both, so it is chosen though it is fastest on neither
+    rates = {
+        ("torch", "fp32"): (100.0, 10.0),
+        ("onnx", "fp32"): (60.0, 12.0),
+        ("openvino", "fp32"): (95.0, 11.5),
+        ("openvino", "fp32", "int8"): (90.0, 9.0),
+    }
+
+    def fake(build, run, path):  # type: ignore[no-untyped-def]
+        queries, passages = rates[path]
+        return {"queries": queries, "passages": passages}, np.eye(104, 8, dtype=np.float32) + 1.0
+
+    monkeypatch.setattr(autotune, "measure", fake)
+    choice = Embedder(model_dir, device="cpu", backend="auto").auto_choice
+    assert choice is not None
+    assert choice.scores == {
+        "torch/fp32": 0.8333,
+        "onnx/fp32": 0.6,
+        "openvino/fp32": 0.95,
+        "openvino/fp32/int8": 0.75,
+    }
+    assert (choice.backend, choice.dtype, choice.quantization) == ("openvino", "fp32", None)
+    assert choice.reason.startswith("openvino/fp32 at 95.0 queries/s, 11.5 passages/s (score 0.95); ")
+
+
+def test_each_timed_pass_meets_new_batch_shapes() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def run(model: object, texts: list[str]) -> np.ndarray:
+        seen.append(tuple(len(text.split()) for text in texts))
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    rates, outputs = autotune.measure(lambda *path: None, run, ("torch", "fp32"))
+    assert set(rates) == {"queries", "passages"} and all(rate > 0 for rate in rates.values())
+    assert len(seen) == 1 + 2 * autotune.PASSES  # a warm-up, then each sample's passes
+    assert len(set(seen)) == len(seen)  # no pass repeats the lengths of one before it
+    assert outputs.shape == (sum(count for _, count in autotune.SAMPLES.values()), 4)
 
 
 def test_a_damaged_cache_is_measured_again(cache: Path, model_dir: str) -> None:

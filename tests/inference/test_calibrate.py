@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,7 +209,7 @@ def test_auto_measures_the_calibrated_graph_beside_the_other_paths(
     assert int8 and all(name.startswith("openvino/") for name in int8)  # only the graph the folder holds
     assert {"torch/fp32", "onnx/fp32", "openvino/fp32"} <= set(choice.rates)
     qualifying = [n for n in choice.rates if choice.cosines[n] >= 0.995]
-    best = max(qualifying, key=choice.rates.__getitem__)
+    best = max(qualifying, key=lambda n: (choice.scores[n], choice.rates[n]))
     parts = best.split("/")
     assert (choice.backend, choice.dtype, choice.quantization) == (
         *parts[:2],
@@ -220,6 +221,29 @@ def test_auto_measures_the_calibrated_graph_beside_the_other_paths(
         choice.quantization,
     )
     assert model.encode(["a text"]).shape == (1, 384)
+
+
+def test_auto_measures_again_when_the_graph_is_calibrated_again(
+    calibrated_openvino: tuple, tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bgekit.inference import autotune
+
+    monkeypatch.setenv("BGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    measured: list[tuple] = []
+
+    def fake(build, run, path):  # type: ignore[no-untyped-def]
+        measured.append(path)
+        return {"queries": 100.0, "passages": 10.0}, np.eye(104, 8, dtype=np.float32) + 1.0
+
+    monkeypatch.setattr(autotune, "measure", fake)
+    out, _ = calibrated_openvino
+    first = Embedder(out, device="cpu", backend="auto").auto_choice
+    assert first is not None and not first.cached and measured
+    assert Embedder(out, device="cpu", backend="auto").auto_choice.cached  # type: ignore[union-attr]
+    (graph,) = [p for p in (Path(out) / "onnx").glob("*-int8-static-openvino-v*.bin")]
+    os.utime(graph, ns=(graph.stat().st_atime_ns, graph.stat().st_mtime_ns + 10**9))  # written again
+    again = Embedder(out, device="cpu", backend="auto").auto_choice
+    assert again is not None and not again.cached
 
 
 def test_nncf_is_imported_with_its_usage_reports_off() -> None:

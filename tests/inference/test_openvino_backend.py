@@ -165,6 +165,26 @@ def test_dynamic_int8_keeps_full_quality(minilm_copy: str, minilm_cross_encoder:
     assert spearmanr(np.asarray(ranker.compute_score(pairs)), scores).statistic >= 0.99
 
 
+def test_a_new_export_removes_the_int8_graphs_of_older_weights(tmp_path: Path, tiny_bert_dir: str) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    cache = folder / "onnx"
+    cache.mkdir()
+    old = "feature-extraction-0123456789abcdef-packed-v2"
+    stale = [cache / f"{old}.onnx", cache / f"{old}-int8-openvino.xml", cache / f"{old}-int8-openvino.bin"]
+    calibrated = [
+        cache / f"feature-extraction-0123456789abcdef-int8-static-openvino-v2.{e}" for e in ("xml", "bin")
+    ]
+    for path in stale + calibrated:
+        path.write_bytes(b"not a graph")
+    model = Embedder(str(folder), device="cpu", backend="openvino", quantization="int8")
+    assert model.encode_corpus(["one text"]).shape == (1, 32)
+    names = sorted(p.name for p in cache.iterdir())
+    assert not any(path.exists() for path in stale), names
+    assert all(path.exists() for path in calibrated)  # a graph the user calibrated is never a cache
+    assert len([n for n in names if n.endswith("-packed-v2-int8-openvino.xml")]) == 1  # this model's own
+
+
 def test_m3_heads_on_openvino(
     tmp_path: Path, tiny_m3_dir: str, scifact_corpus: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,11 +3,16 @@
 Which path is fastest depends on the CPU and the model: ONNX Runtime's fused fp32 graph wins on CPUs with
 AVX2 only, PyTorch or OpenVINO bf16 on CPUs with AMX, and a model's size shifts the balance. Flags cannot answer it
 (a virtual machine may hide them), so ``backend="auto"`` builds the model on each candidate path, encodes
-a fixed sample of texts of mixed lengths with each, and keeps the fastest whose outputs stay within
-``MIN_COSINE`` of PyTorch fp32. Candidates: PyTorch in the model's dtype, ONNX Runtime fp32 (encoder
-models), OpenVINO in the same dtypes when it is installed (``bgekit[openvino]``), and with
-``dtype="auto"`` bf16 on PyTorch and OpenVINO where this CPU multiplies bf16 fast. OpenVINO's dynamic
-int8 (int8 weights, inputs quantised per group of one token at run time; needs NNCF, also in
+two fixed samples with each, query-sized texts and passage-sized ones, and keeps the path whose slower
+side is fastest (the highest of its two rates as a share of the best rate on that sample) among those
+whose outputs stay within ``MIN_COSINE`` of PyTorch fp32: a path that wins on passages but loses on queries
+is not chosen over one that is close to the best on both. Each timed pass meets batch shapes the model
+has not run before (its texts are a word longer each pass), as a stream of real texts does: some graphs
+(OpenVINO's static int8) compile kernels for each new shape, which a repeated sample would hide.
+
+Candidates: PyTorch in the model's dtype, ONNX Runtime fp32 (encoder models), OpenVINO in the same dtypes
+when it is installed (``bgekit[openvino]``), and with ``dtype="auto"`` bf16 on PyTorch and OpenVINO where
+this CPU multiplies bf16 fast. OpenVINO's dynamic int8 (int8 weights, inputs quantised per group of one token at run time; needs NNCF, also in
 ``bgekit[openvino]``) is a candidate in the same dtypes, and is kept only where it qualifies like any other.
 ONNX Runtime's dynamic int8 is not a candidate: one scale per tensor moves embeddings to 0.98-0.99 cosine,
 which is not full quality (ask for it with ``quantization="int8"``).
@@ -19,7 +24,7 @@ and measure nothing. The model reports it as ``model.auto_choice``.
 Example:
     >>> model = Embedder("BAAI/bge-small-en-v1.5", device="cpu", backend="auto")   # doctest: +SKIP
     >>> print(model.auto_choice.reason)                                          # doctest: +SKIP
-    onnx/fp32 at 131.2 texts/s; torch/bf16 118.0 (0.90x); torch/fp32 97.5 (0.74x); ...
+    onnx/fp32 at 402.5 queries/s, 61.0 passages/s (score 1.00); torch/bf16 371.2 queries/s, ...
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ logger = logging.getLogger(__name__)
 MIN_COSINE = 0.995
 """A candidate qualifies when every output keeps at least this cosine to PyTorch fp32."""
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 _SAMPLE_TEXT = (
@@ -59,20 +64,30 @@ _SAMPLE_TEXT = (
     "faster model that misses the right passage costs more than it saves."
 )
 _SAMPLE = _SAMPLE_TEXT.split(" ")
-SAMPLE_WORDS = (8, 16, 32, 64, 128, 256)
-"""Lengths in words of the sample texts (cycled), from query-sized to passage-sized."""
+SAMPLES = {
+    "queries": ((6, 9, 12, 15, 18, 21, 24, 30, 36, 48), 80),
+    "passages": ((48, 96, 160, 224, 288, 352), 24),
+}
+"""Each sample's lengths in words (cycled) and its number of texts: query-sized and passage-sized."""
+
+PASSES = 3
+"""Timed passes per sample (the best counts), each a word longer per text than the one before."""
 
 
-def sample_texts(count: int = 36) -> list[str]:
-    """The fixed texts every candidate encodes: ``count`` texts of mixed lengths, each one different.
+def sample_texts(kind: str = "queries", shift: int = 0) -> list[str]:
+    """The fixed texts every candidate encodes for one sample (``"queries"`` or ``"passages"``), each one
+    different; ``shift`` adds words to every text (a pass's new batch shapes).
 
     Example:
-        >>> [len(text.split()) for text in sample_texts(6)]
-        [8, 16, 32, 64, 128, 256]
+        >>> [len(text.split()) for text in sample_texts("passages")][:6]
+        [48, 96, 160, 224, 288, 352]
+        >>> len(sample_texts("queries", shift=2)[0].split())
+        8
     """
+    lengths, count = SAMPLES[kind]
     out = []
     for i in range(count):
-        words = SAMPLE_WORDS[i % len(SAMPLE_WORDS)]
+        words = lengths[i % len(lengths)] + shift
         start = (7 * i) % len(_SAMPLE)
         out.append(" ".join((_SAMPLE * (words // len(_SAMPLE) + 2))[start : start + words]))
     return out
@@ -88,7 +103,10 @@ class AutoChoice:
         quantization: ``"int8-static"`` when the fastest path was a graph ``bgekit quantize`` calibrated
             for this model (a candidate only where the model folder holds one), ``"int8"`` when it was
             OpenVINO's dynamic int8, else ``None``.
-        rates: texts per second of each candidate (``"torch/fp32"``, ...) on the sample.
+        rates: texts per second of each candidate (``"torch/fp32"``, ...) on both samples together.
+        sample_rates: texts per second of each candidate on each sample (``"queries"``, ``"passages"``).
+        scores: each candidate's worse share of the best rate on a sample (1.0: fastest on both); the
+            qualifying candidate with the highest is chosen.
         cosines: each candidate's minimum cosine to the reference outputs.
         skipped: candidates that could not run here, with the reason.
         reason: one line saying what was chosen against what.
@@ -104,6 +122,8 @@ class AutoChoice:
     dtype: str
     quantization: str | None = None
     rates: dict[str, float] = field(default_factory=dict)
+    sample_rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
     cosines: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     reason: str = ""
@@ -220,24 +240,29 @@ def measure(
     build: Callable[[str, str], Any],
     run: Callable[[Any, list[str]], np.ndarray],
     path: tuple[str, ...],
-    texts: list[str],
-) -> tuple[float, np.ndarray]:
-    """Texts per second of one candidate on ``texts`` (best of two passes after a warm-up) and its outputs.
+) -> tuple[dict[str, float], np.ndarray]:
+    """Texts per second of one candidate on each sample (best of ``PASSES`` passes, each on new batch
+    shapes, after a warm-up on others) and its outputs on the last pass of each, concatenated.
 
     Example:
-        >>> rate, out = measure(lambda b, d: None, lambda m, t: [[1.0]] * len(t), ("torch", "fp32"), ["a", "b"])
-        >>> out.shape
-        (2, 1)
+        >>> rates, out = measure(lambda b, d: None, lambda m, t: [[1.0]] * len(t), ("torch", "fp32"))
+        >>> sorted(rates), out.shape
+        (['passages', 'queries'], (104, 1))
     """
     model = build(*path)
     try:
-        run(model, texts[:6])
-        best, outputs = float("inf"), None
-        for _ in range(2):
-            started = time.perf_counter()
-            outputs = run(model, texts)
-            best = min(best, time.perf_counter() - started)
-        return len(texts) / best, np.asarray(outputs)
+        run(model, sample_texts("queries", shift=PASSES + 1)[:16])
+        rates, outputs = {}, []
+        for kind in SAMPLES:
+            best, last = float("inf"), None
+            for shift in range(PASSES):
+                texts = sample_texts(kind, shift)
+                started = time.perf_counter()
+                last = run(model, texts)
+                best = min(best, time.perf_counter() - started)
+            rates[kind] = len(texts) / best
+            outputs.append(np.asarray(last))
+        return rates, np.concatenate(outputs)
     finally:
         close = getattr(model, "close", None)
         if close is not None:
@@ -271,13 +296,12 @@ def choose(
     if len(paths) == 1:
         only = paths[0]
         return AutoChoice(only[0], only[1], reason=f"{only[0]}/{only[1]}: the only candidate", cache_path="")
-    texts = sample_texts()
     choice = AutoChoice(paths[0][0], paths[0][1], cache_path=path)
     reference: np.ndarray | None = None
     for candidate in paths:
         name = "/".join(candidate)
         try:
-            rate, outputs = measure(build, run, candidate, texts)
+            rates, outputs = measure(build, run, candidate)
         except (BgekitError, ImportError) as exc:  # e.g. no onnxruntime, or a model ONNX cannot run
             if reference is None:
                 raise
@@ -285,20 +309,29 @@ def choose(
             continue
         if reference is None:
             reference = outputs
-        choice.rates[name] = round(rate, 2)
+        count = sum(SAMPLES[kind][1] for kind in rates)
+        choice.rates[name] = round(count / sum(SAMPLES[kind][1] / rate for kind, rate in rates.items()), 2)
+        for kind, rate in rates.items():
+            choice.sample_rates.setdefault(kind, {})[name] = round(rate, 2)
         choice.cosines[name] = round(_min_cosine(outputs, reference), 6)
+    for name in choice.rates:
+        shares = [rates[name] / max(rates.values()) for rates in choice.sample_rates.values()]
+        choice.scores[name] = round(min(shares), 4)
     qualifying = [n for n in choice.rates if choice.cosines[n] >= MIN_COSINE]
-    best = max(qualifying, key=choice.rates.__getitem__)
+    best = max(qualifying, key=lambda n: (choice.scores[n], choice.rates[n]))
     choice.backend, choice.dtype, *quantization = best.split("/")
     choice.quantization = quantization[0] if quantization else None
-    top = choice.rates[best]
+
+    def rates_of(name: str) -> str:
+        return ", ".join(f"{rates[name]:.1f} {kind}/s" for kind, rates in choice.sample_rates.items())
+
     others = [
-        f"{n} {r:.1f} ({r / top:.2f}x, cosine {choice.cosines[n]:.4f})"
-        for n, r in choice.rates.items()
+        f"{n} {rates_of(n)} (score {choice.scores[n]:.2f}, cosine {choice.cosines[n]:.4f})"
+        for n in choice.rates
         if n != best
     ]
     others += [f"{n} could not run: {why}" for n, why in choice.skipped.items()]
-    choice.reason = f"{best} at {top:.1f} texts/s on {len(texts)} sample texts; " + "; ".join(others)
+    choice.reason = f"{best} at {rates_of(best)} (score {choice.scores[best]:.2f}); " + "; ".join(others)
     _write_cache(path, choice)
     logger.info("backend='auto' chose %s (%s)", best, choice.reason)
     return choice

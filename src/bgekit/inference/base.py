@@ -137,6 +137,10 @@ class DeviceModel:
             "class": self._tune_class().__name__,
             "model": file_fingerprint(self.folder)[:16],
             "arguments": {k: repr(v) for k, v in sorted(base.items())},
+            # a graph calibrated again is another candidate: measured anew
+            "calibrated": {
+                b: graph_fingerprint(self._calibrated_graph(b))[:16] for b in self._calibrated_backends()
+            },
         }
 
         def build(backend: str, dtype: str, quantization: str | None = None) -> DeviceModel:
@@ -407,6 +411,17 @@ def file_fingerprint(folder: str, chunk: int = 1 << 20) -> str:
                 if size > 2 * chunk:
                     handle.seek(-chunk, os.SEEK_END)
                     digest.update(handle.read(chunk))
+    return digest.hexdigest()
+
+
+def graph_fingerprint(graph: str) -> str:
+    """What identifies one written graph (and an OpenVINO ``.xml``'s ``.bin`` beside it): names, sizes and
+    modification times. Writing it again (``bgekit quantize``) changes it; copying with its times does not."""
+    digest = hashlib.sha256()
+    for path in (graph, os.path.splitext(graph)[0] + ".bin" if graph.endswith(".xml") else None):
+        if path is not None and os.path.isfile(path):
+            stat = os.stat(path)
+            digest.update(f"{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

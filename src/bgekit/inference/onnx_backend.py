@@ -219,18 +219,22 @@ def export_onnx(
 
 
 def _remove_superseded(folder: str, task: Task, suffix: str, keep: str) -> None:
-    """Delete this folder's cached graphs of the same task and precision that ``keep`` replaces.
+    """Delete this folder's cached graphs of the same task and precision that ``keep`` replaces, and the
+    OpenVINO int8 IRs made from them (``<graph stem>-int8-openvino.xml/.bin``, ``int8_weights_graph``).
 
     They belong to older weights (another fingerprint) or an older export format (another version) and
     would never be loaded again; for a model the size of BGE-M3 each one is 2 GB.
     """
     # "<task>-<fingerprint>-<suffix>[-v<N>].onnx"; a calibrated "-int8-static-" graph is the user's, not a cache
-    pattern = re.compile(rf"{re.escape(task)}-[0-9a-f]+-{suffix}(-v\d+)?\.onnx")
+    pattern = re.compile(
+        rf"({re.escape(task)}-[0-9a-f]+-{suffix}(?:-v\d+)?)(?:\.onnx|-int8-openvino\.(?:xml|bin))"
+    )
+    kept = os.path.splitext(os.path.basename(keep))[0]
     for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if pattern.fullmatch(name) and path != keep:
+        match = pattern.fullmatch(name)
+        if match and match.group(1) != kept:
             with contextlib.suppress(OSError):
-                os.remove(path)
+                os.remove(os.path.join(folder, name))
 
 
 def batch_on_cpu(
