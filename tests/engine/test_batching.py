@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -257,69 +255,3 @@ def test_non_finite_outputs_name_their_input_positions() -> None:
     with pytest.raises(NonFiniteOutputError, match=r"position\(s\) \[100, 103\]") as info:
         engine.run([1, 1, 1, 1], step)
     assert info.value.positions == [100, 103]
-
-
-def test_short_batches_run_in_parallel_after_the_long_ones_in_input_order() -> None:
-    lengths = [40, 3, 50, 5, 4, 45, 2, 6, 3, 5, 4, 2]  # three long texts, nine short ones
-    main = threading.get_ident()
-    runs: list[tuple[list[int], bool]] = []
-    started: list[int] = []
-
-    def init() -> None:
-        started.append(threading.get_ident())
-
-    def step(indices: list[int]) -> torch.Tensor:
-        runs.append((indices, threading.get_ident() == main))
-        return torch.tensor([[i, lengths[i]] for i in indices])
-
-    engine = BatchEngine(
-        batch_size=3, overhead_tokens=1, parallel=lambda: 2, parallel_max_length=10, parallel_init=init
-    )
-    out = engine.run(lengths, step)
-    assert out[:, 0].tolist() == list(range(len(lengths)))
-    assert all(on_main for indices, on_main in runs if max(lengths[i] for i in indices) > 10)
-    short = [indices for indices, on_main in runs if max(lengths[i] for i in indices) <= 10]
-    assert len(short) >= 2 and not any(on_main for indices, on_main in runs if indices in short)
-    assert 1 <= len(set(started)) <= 2 and main not in started and engine.parallel == 2
-
-
-def test_one_short_batch_or_parallel_1_runs_on_the_calling_thread() -> None:
-    asked: list[int] = []
-
-    def parallel() -> int:
-        asked.append(1)
-        return 2
-
-    calls: list[str] = []
-
-    def step(indices: list[int]) -> list[int]:
-        calls.append(threading.current_thread().name)
-        return indices
-
-    BatchEngine(batch_size=8, overhead_tokens=10_000, parallel=parallel, parallel_max_length=10).run(
-        [3, 4, 5], step
-    )
-    assert not asked and calls == ["MainThread"]  # one batch: nothing to run beside it, nothing compiled
-    BatchEngine(batch_size=1, overhead_tokens=1, parallel=1, parallel_max_length=10).run([3, 4, 5], step)
-    assert calls == ["MainThread"] * 4
-
-
-def test_an_error_in_a_parallel_batch_is_raised() -> None:
-    from bgekit.errors import NonFiniteOutputError
-
-    def step(indices: list[int]) -> torch.Tensor:
-        if 0 in indices:
-            raise ValueError("bad batch")
-        return torch.ones(len(indices), 2)
-
-    engine = BatchEngine(batch_size=2, overhead_tokens=1, parallel=2, parallel_max_length=10)
-    with pytest.raises(ValueError, match="bad batch"):
-        engine.run([3, 4, 5, 6, 2, 3], step)
-
-    def nan_step(indices: list[int]) -> torch.Tensor:
-        out = torch.ones(len(indices), 2)
-        out[[i == 4 for i in indices]] = float("nan")
-        return out
-
-    with pytest.raises(NonFiniteOutputError, match=r"\[4\]"):
-        engine.run([3, 4, 5, 6, 2, 3], nan_step)

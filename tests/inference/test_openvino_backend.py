@@ -216,34 +216,6 @@ def test_m3_heads_on_openvino(
     assert any(capacity is not None for capacity in capacities)  # some batch ran in shared rows
 
 
-def test_a_bulk_call_of_short_texts_runs_batches_at_once_with_the_same_outputs(
-    minilm_copy: str, scifact_queries: list[dict]
-) -> None:
-    import threading
-
-    import torch
-
-    if torch.get_num_threads() < 2:
-        pytest.skip("parallel batches need two threads")
-    queries = [q["text"] for q in scifact_queries[:300]]
-    model = Embedder(minilm_copy, device="cpu", backend="openvino", dtype="fp32", batch_size=32)
-    runner = model.model
-    one = np.concatenate([model.encode_queries(queries[i : i + 32]) for i in range(0, 300, 32)])
-    assert runner._parallel is None  # a call of one batch: nothing runs beside it, nothing compiled
-    threads: set[int] = set()
-    real_infer = runner._infer
-
-    def infer(given: dict) -> torch.Tensor:
-        threads.add(threading.get_ident())
-        return real_infer(given)
-
-    runner._infer = infer
-    bulk = model.encode_queries(queries)  # ten batches of short texts
-    assert runner._parallel is not None and runner.parallel_calls() >= 2
-    assert threading.get_ident() not in threads and len(threads) >= 2
-    np.testing.assert_allclose(bulk, one, atol=1e-5)
-
-
 def test_two_streams_run_calls_at_once_with_the_same_outputs(minilm_copy: str, texts: tuple) -> None:
     """``set_streams(2)``: two threads encode at once on two OpenVINO streams; rows equal one stream's."""
     from concurrent.futures import ThreadPoolExecutor

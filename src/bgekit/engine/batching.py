@@ -11,7 +11,6 @@ import heapq
 import logging
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -158,13 +157,6 @@ class BatchEngine:
         packed_token_cost: the model packs a batch's short texts into shared rows, each real token costing
             this many padded ones (see :func:`plan_batches`); ``None``: every batch runs padded.
         packed_max_length: the longest input a packed batch may hold; ``None``: no limit.
-        parallel: how many planned batches may run at once, each from its own thread, once the longest input
-            left is at most ``parallel_max_length`` tokens (short texts: a model compiled for several
-            streams keeps each thread busier than one call spread over all threads); 1 runs one at a time.
-            A callable is asked only when two or more such batches are left.
-        parallel_max_length: the longest input a batch run in parallel may hold.
-        parallel_init: called first on each thread that runs batches in parallel (the model's way to send
-            that thread's calls to its several-stream form).
 
     Example:
         >>> engine = BatchEngine(batch_size=2)
@@ -185,9 +177,6 @@ class BatchEngine:
         overhead_tokens: int | None = None,
         packed_token_cost: float | None = None,
         packed_max_length: int | None = None,
-        parallel: int | Callable[[], int] = 1,
-        parallel_max_length: int = 0,
-        parallel_init: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is not valid; expected >= 1")
@@ -203,11 +192,6 @@ class BatchEngine:
         self.overhead_tokens = overhead_tokens
         self.packed_token_cost = packed_token_cost
         self.packed_max_length = packed_max_length
-        self.parallel, self.parallel_max_length, self.parallel_init = (
-            parallel,
-            parallel_max_length,
-            parallel_init,
-        )
         self.backoffs = 0
         """How many times the last ``run`` shrank a batch after an out-of-memory error."""
 
@@ -256,9 +240,6 @@ class BatchEngine:
             planned = dict(zip([0, *ends[:-1]], ends, strict=True))
         with tqdm(total=n, desc=self.desc, disable=not show, unit="item") as bar:
             while start < n:
-                if self._parallel_from(start, planned, lengths, order, scale):
-                    chunks += self._run_parallel(order, start, planned, step, bar)
-                    break
                 if scale >= 1.0 and start in planned:
                     end = planned[start]
                 else:
@@ -291,48 +272,6 @@ class BatchEngine:
                     if good_since_backoff >= self.grow_after:
                         scale, good_since_backoff = min(1.0, scale * 2), 0
         return assemble(chunks, n)
-
-    def _parallel_from(
-        self, start: int, planned: dict[int, int], lengths: Sequence[int], order: Sequence[int], scale: float
-    ) -> bool:
-        """Whether the planned batches from ``start`` on run in parallel: they are short, and more than one."""
-        if self.parallel == 1 or scale < 1.0 or start not in planned or planned[start] >= len(order):
-            return False
-        if lengths[order[start]] > self.parallel_max_length:  # sorted longest first: the rest are shorter
-            return False
-        if callable(self.parallel):
-            self.parallel = self.parallel()
-        return self.parallel > 1
-
-    def _run_parallel(
-        self,
-        order: Sequence[int],
-        start: int,
-        planned: dict[int, int],
-        step: Callable[[list[int]], Any],
-        bar: Any,
-    ) -> list[tuple[list[int], Any]]:
-        """The planned batches from ``start`` on, up to ``parallel`` at once; outputs checked as they come."""
-        batches = []
-        while start < len(order):
-            batches.append(list(order[start : planned[start]]))
-            start = planned[start]
-        chunks = []
-        workers = self.parallel if isinstance(self.parallel, int) else self.parallel()
-        with ThreadPoolExecutor(max_workers=workers, initializer=self.parallel_init) as pool:
-            futures = {pool.submit(step, indices): indices for indices in batches}
-            try:
-                for future in as_completed(futures):
-                    indices = futures[future]
-                    output = future.result()
-                    check_finite(output, indices, self.position_offset)
-                    chunks.append((indices, output))
-                    bar.update(len(indices))
-            except BaseException:  # the first error is raised; batches not started are dropped
-                for future in futures:
-                    future.cancel()
-                raise
-        return chunks
 
 
 def check_finite(output: Any, indices: Sequence[int], offset: int = 0) -> None:

@@ -389,10 +389,6 @@ class Embedder(M3Methods, DeviceModel):
             overhead_tokens=batch_overhead_tokens(self.device),
             packed_token_cost=getattr(model, "packed_token_cost", None),  # a runner that packs short texts
             packed_max_length=getattr(model, "packed_max_length", None),
-            # an OpenVINO runner runs batches of short texts several at once, on its throughput streams
-            parallel=getattr(model, "parallel_calls", 1),
-            parallel_max_length=getattr(model, "parallel_max_length", 0),
-            parallel_init=getattr(model, "use_parallel_streams", None),
         )
         outputs = run_encode_step(
             engine,

@@ -65,13 +65,6 @@ EPYC with AVX512-VNNI): 32 gives minimum cosine 0.9988 and is slowest, 128 0.997
 and fastest; 128 keeps a margin above the 0.995 that full quality asks for."""
 
 
-PARALLEL_MAX_LENGTH = 128
-"""Batches whose longest text has at most this many tokens run several at once in a bulk call
-(:meth:`OpenVinoRunner.parallel_calls`). On the 1,109 SciFact queries (all-MiniLM-L6-v2, dynamic int8,
-2 threads of an AMD EPYC with AVX512-VNNI) two one-thread streams ran the batches 1.21x faster than one
-stream of two threads; on 600 documents (up to 512 tokens) they ran equally fast."""
-
-
 def require_openvino() -> Any:
     try:
         import openvino
@@ -154,10 +147,6 @@ class OpenVinoRunner(GraphRunner):
         """The longest text a packed batch holds (longer ones run one per row)."""
         self.threads = int(threads or torch.get_num_threads())
         self._local = threading.local()  # an infer request serves one call at a time: one per thread
-        self._parallel: Any = None  # compiled for throughput on first use (parallel_calls)
-        self._parallel_lock = threading.Lock()
-        self.parallel_max_length = PARALLEL_MAX_LENGTH if self.threads > 1 else 0
-        """The longest text of a batch a bulk call runs beside others (:meth:`parallel_calls`)."""
         self.set_streams(streams)
 
     def set_streams(self, streams: int) -> None:
@@ -172,13 +161,19 @@ class OpenVinoRunner(GraphRunner):
             )
         if getattr(self, "streams", None) == streams:
             return
-        self.compiled = self._compile(
-            {
-                **self._config(),
-                "NUM_STREAMS": streams,
-                "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
-            }
-        )
+        core = self._openvino.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": _PRECISIONS[self.dtype],
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": streams,
+            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+        }
+        if self.dynamic_group is not None:
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(self.dynamic_group)
+        try:
+            self.compiled = core.compile_model(core.read_model(self.path), "CPU", config)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"OpenVINO could not compile {self.path!r} for the CPU: {exc}") from exc
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         if ("segment_ids" in self.input_names) != (self.position_offset is not None):
             raise ConfigError(
@@ -187,52 +182,11 @@ class OpenVinoRunner(GraphRunner):
             )
         self.streams = streams
 
-    def parallel_calls(self) -> int:
-        """How many batches of short texts a bulk call (``encode`` of many queries) runs at once: the infer
-        requests of this graph compiled for throughput (OpenVINO's streams, one thread or a few each),
-        compiled on first use; 1 with one thread. Each of those calls' threads first calls
-        :meth:`use_parallel_streams`.
-        """
-        if self.threads < 2:
-            return 1
-        if self.streams > 1:
-            return self.streams
-        with self._parallel_lock:
-            if self._parallel is None:
-                config = {**self._config(), "PERFORMANCE_HINT": "THROUGHPUT"}
-                del config["NUM_STREAMS"]  # OpenVINO's choice for this CPU and these threads
-                self._parallel = self._compile(config)
-        return int(self._parallel.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-
-    def use_parallel_streams(self) -> None:
-        """Send this thread's calls to the graph compiled for throughput (:meth:`parallel_calls`)."""
-        self._local.parallel = True
-
-    def _config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": _PRECISIONS[self.dtype],
-            "INFERENCE_NUM_THREADS": self.threads,
-            "NUM_STREAMS": 1,
-        }
-        if self.dynamic_group is not None:
-            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(self.dynamic_group)
-        return config
-
-    def _compile(self, config: dict[str, Any]) -> Any:
-        core = self._openvino.Core()
-        try:
-            return core.compile_model(core.read_model(self.path), "CPU", config)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"OpenVINO could not compile {self.path!r} for the CPU: {exc}") from exc
-
     def _request(self) -> Any:
-        target = self.compiled
-        if getattr(self._local, "parallel", False) and self._parallel is not None and self.streams == 1:
-            target = self._parallel
         compiled, request = getattr(self._local, "request", (None, None))
-        if compiled is not target:  # first call on this thread, or recompiled since
-            request = target.create_infer_request()
-            self._local.request = (target, request)
+        if compiled is not self.compiled:  # first call on this thread, or recompiled since
+            request = self.compiled.create_infer_request()
+            self._local.request = (self.compiled, request)
         return request
 
     def _compute(
