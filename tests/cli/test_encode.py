@@ -93,7 +93,13 @@ def test_backend_auto_reports_its_choice(
     argv = ["encode", "--model", str(model), "--input", str(src), "--output", str(out), "--backend", "auto"]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert "backend auto: " in err and "texts/s" in err and "onnx/fp32" in err and "torch/fp32" in err
+    assert (
+        "backend auto: " in err
+        and "queries/s" in err
+        and "passages/s" in err
+        and "onnx/fp32" in err
+        and "torch/fp32" in err
+    )
     expected = Embedder(tiny_bert_dir, device="cpu").encode_corpus(["Giant pandas are bears.", "BGE."])
     chosen = err.split("backend auto: ", 1)[1].split(" at ", 1)[0]
     if chosen.endswith("/int8"):  # OpenVINO's dynamic int8 qualified on the sample: full quality

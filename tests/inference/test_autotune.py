@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -87,6 +89,7 @@ def test_the_fastest_candidate_below_full_quality_is_not_chosen(
             return {"queries": 500.0, "passages": 50.0}, outputs
         return {"queries": 100.0, "passages": 10.0}, outputs
 
+    monkeypatch.setattr(autotune, "ISOLATE", False)  # the fake measures in this process
     monkeypatch.setattr(autotune, "measure", fake)
     model = Embedder(model_dir, device="cpu", backend="auto")
     assert model.auto_choice is not None
@@ -110,6 +113,7 @@ def test_the_path_closest_to_the_best_on_both_samples_is_chosen(
         queries, passages = rates[path]
         return {"queries": queries, "passages": passages}, np.eye(104, 8, dtype=np.float32) + 1.0
 
+    monkeypatch.setattr(autotune, "ISOLATE", False)  # the fake measures in this process
     monkeypatch.setattr(autotune, "measure", fake)
     choice = Embedder(model_dir, device="cpu", backend="auto").auto_choice
     assert choice is not None
@@ -135,6 +139,26 @@ def test_each_timed_pass_meets_new_batch_shapes() -> None:
     assert len(seen) == 1 + 2 * autotune.PASSES  # a warm-up, then each sample's passes
     assert len(set(seen)) == len(seen)  # no pass repeats the lengths of one before it
     assert outputs.shape == (sum(count for _, count in autotune.SAMPLES.values()), 4)
+
+
+def _pid_model(folder: str, backend: str, dtype: str, quantization: str | None = None) -> str:
+    return folder
+
+
+def _pid_outputs(folder: str, texts: list[str]) -> np.ndarray:
+    Path(folder, "pid").write_text(str(os.getpid()))
+    return np.ones((len(texts), 4), dtype=np.float32)
+
+
+def test_candidates_are_measured_in_a_child_process(cache: Path, tmp_path: Path) -> None:
+    paths = [("torch", "fp32"), ("onnx", "fp32")]
+    build = functools.partial(_pid_model, str(tmp_path))
+    choice = autotune.choose({"model": "pid"}, paths, build, _pid_outputs)
+    assert int((tmp_path / "pid").read_text()) != os.getpid()  # a spawned child ran them
+    assert set(choice.rates) == {"torch/fp32", "onnx/fp32"} and choice.cache_path
+    # what cannot be sent to a child (a lambda) is measured here
+    autotune.choose({"model": "here"}, paths, lambda *path: str(tmp_path), _pid_outputs)
+    assert int((tmp_path / "pid").read_text()) == os.getpid()
 
 
 def test_a_damaged_cache_is_measured_again(cache: Path, model_dir: str) -> None:

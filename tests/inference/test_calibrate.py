@@ -235,6 +235,7 @@ def test_auto_measures_again_when_the_graph_is_calibrated_again(
         measured.append(path)
         return {"queries": 100.0, "passages": 10.0}, np.eye(104, 8, dtype=np.float32) + 1.0
 
+    monkeypatch.setattr(autotune, "ISOLATE", False)  # the fake measures in this process
     monkeypatch.setattr(autotune, "measure", fake)
     out, _ = calibrated_openvino
     first = Embedder(out, device="cpu", backend="auto").auto_choice

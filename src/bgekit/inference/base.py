@@ -9,6 +9,7 @@ different (its settings, inputs and forward).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -143,20 +144,8 @@ class DeviceModel:
             },
         }
 
-        def build(backend: str, dtype: str, quantization: str | None = None) -> DeviceModel:
-            cls = self._tune_class()
-            return cls(
-                self.name_or_path,
-                **base,
-                device=str(device),
-                backend=backend,
-                dtype=dtype,
-                quantization=quantization,
-                show_progress=False,
-            )
-
-        choice = autotune.choose(key, paths, build, lambda model, texts: model._tune_outputs(texts))
-        return choice
+        build = functools.partial(_build_candidate, self._tune_class(), self.name_or_path, base, str(device))
+        return autotune.choose(key, paths, build, _tune_outputs)
 
     def _tune_class(self) -> type[DeviceModel]:
         """The class ``backend="auto"`` builds its candidates with (compat subclasses take other arguments)."""
@@ -391,6 +380,31 @@ class DeviceModel:
         fields = {**self._repr_fields(), "dtype": self.dtype, "devices": self.devices}
         shown = ", ".join(f"{key}={value!r}" for key, value in fields.items())
         return f"{self.settings_section.capitalize()}({self.name_or_path!r}, {shown})"
+
+
+def _build_candidate(
+    cls: type[DeviceModel],
+    name_or_path: str,
+    arguments: dict[str, Any],
+    device: str,
+    backend: str,
+    dtype: str,
+    quantization: str | None = None,
+) -> DeviceModel:
+    """One ``backend="auto"`` candidate (module level: it may be built in a child process)."""
+    return cls(
+        name_or_path,
+        **arguments,
+        device=device,
+        backend=backend,
+        dtype=dtype,
+        quantization=quantization,
+        show_progress=False,
+    )
+
+
+def _tune_outputs(model: DeviceModel, texts: list[str]) -> Any:
+    return model._tune_outputs(texts)
 
 
 def file_fingerprint(folder: str, chunk: int = 1 << 20) -> str:
