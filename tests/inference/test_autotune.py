@@ -153,12 +153,43 @@ def _pid_outputs(folder: str, texts: list[str]) -> np.ndarray:
 def test_candidates_are_measured_in_a_child_process(cache: Path, tmp_path: Path) -> None:
     paths = [("torch", "fp32"), ("onnx", "fp32")]
     build = functools.partial(_pid_model, str(tmp_path))
-    choice = autotune.choose({"model": "pid"}, paths, build, _pid_outputs)
-    assert int((tmp_path / "pid").read_text()) != os.getpid()  # a spawned child ran them
+    choice = autotune.choose({"model": "pid"}, paths, build, _pid_outputs)  # the model is the folder
+    assert int((tmp_path / "pid").read_text()) != os.getpid()  # a child process ran them
     assert set(choice.rates) == {"torch/fp32", "onnx/fp32"} and choice.cache_path
     # what cannot be sent to a child (a lambda) is measured here
     autotune.choose({"model": "here"}, paths, lambda *path: str(tmp_path), _pid_outputs)
     assert int((tmp_path / "pid").read_text()) == os.getpid()
+
+
+def _failing_model(backend: str, dtype: str, quantization: str | None = None) -> None:
+    raise ConfigError(f"no {backend} here")
+
+
+def test_an_error_in_the_child_is_raised_here_as_itself(cache: Path) -> None:
+    paths = [("torch", "fp32"), ("onnx", "fp32")]
+    with pytest.raises(ConfigError, match="no torch here"):
+        autotune.choose({"model": "failing"}, paths, _failing_model, _pid_outputs)
+
+
+def test_a_model_the_child_cannot_import_is_measured_here(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType("bgekit_test_only_here")  # importable in this process only, like a __main__
+    exec(f"def build(*path):\n    return {str(tmp_path)!r}\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    choice = autotune.choose(
+        {"model": "here-only"},
+        [("torch", "fp32"), ("onnx", "fp32")],
+        module.build,
+        _pid_outputs,
+    )
+    assert int((tmp_path / "pid").read_text()) == os.getpid() and set(choice.rates) == {
+        "torch/fp32",
+        "onnx/fp32",
+    }
 
 
 def test_a_damaged_cache_is_measured_again(cache: Path, model_dir: str) -> None:

@@ -12,14 +12,14 @@ has not run before (its texts are a word longer each pass), as a stream of real 
 
 Candidates: PyTorch in the model's dtype, ONNX Runtime fp32 (encoder models), OpenVINO in the same dtypes
 when it is installed (``bgekit[openvino]``), and with ``dtype="auto"`` bf16 on PyTorch and OpenVINO where
-this CPU multiplies bf16 fast. OpenVINO's dynamic int8 (int8 weights, inputs quantised per group of one token at run time; needs NNCF, also in
-``bgekit[openvino]``) is a candidate in the same dtypes, and is kept only where it qualifies like any other.
+this CPU multiplies bf16 fast. OpenVINO's dynamic int8 (int8 weights, inputs quantised per group of one
+token at run time; needs NNCF, also in ``bgekit[openvino]``) is a candidate in the same dtypes, and is kept only where it qualifies like any other.
 ONNX Runtime's dynamic int8 is not a candidate: one scale per tensor moves embeddings to 0.98-0.99 cosine,
 which is not full quality (ask for it with ``quantization="int8"``).
 
-The candidates are measured in a child process (spawned fresh), so the process that loads the model keeps
-none of their memory, thread pools or runtime state: measured in place, a model ran its chosen path at
-0.87 of the same path in a process of its own, with twice the peak memory.
+The candidates are measured in a fresh child process, so the process that loads the model keeps none of
+their memory, thread pools or runtime state (measured in place, it kept twice the chosen path's peak
+memory).
 
 The choice is cached per machine (CPU model and flags, threads, torch, ONNX Runtime and OpenVINO versions), model
 files and request in ``$BGEKIT_CACHE_DIR/auto/`` (default ``~/.cache/bgekit/auto/``); later loads read it
@@ -37,14 +37,14 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import multiprocessing
 import os
 import pickle
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,9 +62,8 @@ MIN_COSINE = 0.995
 CACHE_VERSION = 2
 
 ISOLATE = True
-"""Measure the candidates in a spawned child process (the default); ``False`` measures in this process, as
-it also does where this process may not start children (a daemonic worker) or the model's arguments
-cannot be sent to one."""
+"""Measure the candidates in a fresh child process (the default); ``False`` measures in this process, as it
+also does where the model's arguments cannot be sent to a child."""
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 _SAMPLE_TEXT = (
@@ -365,7 +364,7 @@ def _measure_all(
 
 
 def _can_isolate(build: Callable[..., Any], run: Callable[..., Any]) -> bool:
-    if not ISOLATE or multiprocessing.current_process().daemon:
+    if not ISOLATE or not sys.executable:
         return False
     try:
         pickle.dumps((build, run))
@@ -375,29 +374,68 @@ def _can_isolate(build: Callable[..., Any], run: Callable[..., Any]) -> bool:
     return True
 
 
-def _measure_in_child(
-    threads: int, paths: list[tuple[str, ...]], build: Callable[..., Any], run: Callable[..., Any]
-) -> AutoChoice:
-    torch.set_num_threads(threads)
-    return _measure_all(paths, build, run)
-
-
 def _measure_isolated(
     paths: list[tuple[str, ...]],
     build: Callable[..., Any],
     run: Callable[[Any, list[str]], np.ndarray],
 ) -> AutoChoice:
-    """:func:`_measure_all` in a spawned child process with this process's thread count."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        future = pool.submit(_measure_in_child, torch.get_num_threads(), paths, build, run)
-        try:
-            return future.result()
-        except BrokenProcessPool as exc:
+    """:func:`_measure_all` in a fresh Python process with this process's thread count and ``sys.path``.
+
+    A new interpreter (``python -m bgekit.inference.autotune``), not ``multiprocessing``: that would import
+    the caller's ``__main__`` again in the child, and a script without an ``if __name__ == "__main__"``
+    guard would run twice. An error while measuring comes back and is raised here as it would be in place;
+    a model class the child cannot import (one defined in ``__main__``) is measured in this process.
+    """
+    job = pickle.dumps((torch.get_num_threads(), paths, build, run))
+    with tempfile.TemporaryDirectory(prefix="bgekit-auto-") as tmp:
+        request, answer = os.path.join(tmp, "request.pkl"), os.path.join(tmp, "answer.pkl")
+        with open(request, "wb") as handle:
+            pickle.dump({"sys_path": list(sys.path), "job": job}, handle)
+        command = [sys.executable, "-m", "bgekit.inference.autotune", request, answer]
+        done = subprocess.run(command, check=False)
+        if not os.path.isfile(answer):
             raise ModelLoadError(
-                "backend='auto': the process measuring the candidates ended without an answer (killed, or "
-                "out of memory); name a backend instead, e.g. backend='torch'"
-            ) from exc
+                f"backend='auto': the process measuring the candidates ended without an answer (exit status "
+                f"{done.returncode}: killed, or out of memory; its error, if any, is above); name a backend "
+                "instead, e.g. backend='torch'"
+            )
+        with open(answer, "rb") as handle:
+            outcome, value = pickle.load(handle)
+    if outcome == "unpicklable":
+        logger.info(
+            "backend='auto' measures in this process: the child could not rebuild the model (%s)", value
+        )
+        return _measure_all(paths, build, run)
+    if outcome == "error":
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _child(request: str, answer: str) -> None:
+    """The measuring process: read the job, measure, write back ``(outcome, value)``."""
+    with open(request, "rb") as handle:
+        payload = pickle.load(handle)
+    sys.path[:] = payload["sys_path"]
+    try:
+        threads, paths, build, run = pickle.loads(payload["job"])
+        result: tuple[str, Any] = ("ok", None)
+    except Exception as exc:  # e.g. a class defined in the caller's __main__
+        result = ("unpicklable", f"{type(exc).__name__}: {exc}")
+    if result[0] == "ok":
+        torch.set_num_threads(threads)
+        try:
+            result = ("ok", _measure_all(paths, build, run))
+        except Exception as exc:
+            try:
+                pickle.dumps(exc)
+                result = ("error", exc)
+            except Exception:
+                result = (
+                    "error",
+                    ModelLoadError(f"backend='auto' could not measure: {type(exc).__name__}: {exc}"),
+                )
+    with atomic_open(answer, "wb") as handle:
+        pickle.dump(result, handle)
 
 
 def _read_cache(path: str) -> AutoChoice | None:
@@ -424,3 +462,10 @@ def _write_cache(path: str, choice: AutoChoice) -> None:
             )
     except OSError as exc:  # a read-only home: the choice still holds for this process
         logger.warning("could not cache the backend='auto' choice at %s: %s", path, exc)
+
+
+if __name__ == "__main__":  # the measuring process of _measure_isolated
+    # this module again under its own name, so what the child sends back unpickles as bgekit's classes
+    from bgekit.inference.autotune import _child as _measure_as_child
+
+    _measure_as_child(sys.argv[1], sys.argv[2])
