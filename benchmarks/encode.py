@@ -250,7 +250,7 @@ def static_int8_folder(args: argparse.Namespace, backend: str) -> str:
 
 
 def static_int8_embedder(args: argparse.Namespace, backend: str) -> Any:
-    """bgekit's static int8 graph for ``backend``, calibrated (once, cached under .bench/) on
+    """bgekit's static int8 graph for ``backend``, calibrated (each run, untimed, into .bench/models/) on
     ``calibration_texts``."""
     from bgekit import Embedder
     from bgekit.inference.calibrate import calibrate_int8
