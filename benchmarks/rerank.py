@@ -484,7 +484,10 @@ def full(folder: str, workload: Workload, args: argparse.Namespace) -> None:
         scores, seconds = timed(lambda model=model: model.compute_score(pairs, batch_size=args.batch_size))
         label = name
         if model.auto_choice is not None:
-            label = f"auto (chose {model.auto_choice.backend} {model.auto_choice.dtype})"
+            chose = model.auto_choice
+            label = (
+                f"auto (chose {' '.join(p for p in (chose.backend, chose.dtype, chose.quantization) if p)})"
+            )
         rows.append((f"bgekit Reranker {label}", seconds, quality(scores, ours_scores)))
     rows += peer_rows(folder, args, workload, ours_scores, torch.get_num_threads())
 
