@@ -309,9 +309,8 @@ def choose(
     if len(paths) == 1:
         only = paths[0]
         return AutoChoice(only[0], only[1], reason=f"{only[0]}/{only[1]}: the only candidate", cache_path="")
-    choice = (
-        _measure_isolated(paths, build, run) if _can_isolate(build, run) else _measure_all(paths, build, run)
-    )
+    job = _child_job(paths, build, run)
+    choice = _measure_all(paths, build, run) if job is None else _measure_isolated(job, paths, build, run)
     choice.cache_path = path
     for name in choice.rates:
         shares = [rates[name] / max(rates.values()) for rates in choice.sample_rates.values()]
@@ -363,18 +362,21 @@ def _measure_all(
     return choice
 
 
-def _can_isolate(build: Callable[..., Any], run: Callable[..., Any]) -> bool:
+def _child_job(
+    paths: list[tuple[str, ...]], build: Callable[..., Any], run: Callable[..., Any]
+) -> bytes | None:
+    """The measurement as a child process gets it (pickled once), or ``None`` to measure in this process."""
     if not ISOLATE or not sys.executable:
-        return False
+        return None
     try:
-        pickle.dumps((build, run))
+        return pickle.dumps((torch.get_num_threads(), paths, build, run))
     except Exception as exc:  # a closure, or an argument that cannot be sent (an object, not a path)
         logger.info("backend='auto' measures in this process: its arguments cannot go to a child (%s)", exc)
-        return False
-    return True
+        return None
 
 
 def _measure_isolated(
+    job: bytes,
     paths: list[tuple[str, ...]],
     build: Callable[..., Any],
     run: Callable[[Any, list[str]], np.ndarray],
@@ -386,7 +388,6 @@ def _measure_isolated(
     guard would run twice. An error while measuring comes back and is raised here as it would be in place;
     a model class the child cannot import (one defined in ``__main__``) is measured in this process.
     """
-    job = pickle.dumps((torch.get_num_threads(), paths, build, run))
     with tempfile.TemporaryDirectory(prefix="bgekit-auto-") as tmp:
         request, answer = os.path.join(tmp, "request.pkl"), os.path.join(tmp, "answer.pkl")
         with open(request, "wb") as handle:
@@ -416,26 +417,30 @@ def _child(request: str, answer: str) -> None:
     with open(request, "rb") as handle:
         payload = pickle.load(handle)
     sys.path[:] = payload["sys_path"]
+    result: tuple[str, Any]
     try:
         threads, paths, build, run = pickle.loads(payload["job"])
-        result: tuple[str, Any] = ("ok", None)
     except Exception as exc:  # e.g. a class defined in the caller's __main__
         result = ("unpicklable", f"{type(exc).__name__}: {exc}")
-    if result[0] == "ok":
+    else:
         torch.set_num_threads(threads)
         try:
             result = ("ok", _measure_all(paths, build, run))
         except Exception as exc:
-            try:
-                pickle.dumps(exc)
-                result = ("error", exc)
-            except Exception:
-                result = (
-                    "error",
-                    ModelLoadError(f"backend='auto' could not measure: {type(exc).__name__}: {exc}"),
-                )
+            result = (
+                "error",
+                exc if _picklable(exc) else ModelLoadError(f"backend='auto' could not measure: {exc!r}"),
+            )
     with atomic_open(answer, "wb") as handle:
         pickle.dump(result, handle)
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def _read_cache(path: str) -> AutoChoice | None:
