@@ -28,7 +28,8 @@ search over the 5,183 documents, cached under .bench/), ``--pairs`` of them in w
 quality then includes its reranking nDCG@10 on those queries, and calibration uses SciFact train queries
 with their own top K.
 
-Scores are checked against FlagEmbedding's (same tokenization, so equal within float noise);
+Scores are checked against FlagEmbedding's (same tokenization: a pair cut to ``--max-length``, its query
+to 3/4 of it, whatever limits the model folder saved; so equal within float noise);
 sentence-transformers truncates pairs its own way (longest first), so its scores differ on long pairs.
 
 On a CPU the transformer's arithmetic dominates and is the same torch code in all three; what the
@@ -340,6 +341,13 @@ class ZeroModel:
         return _Zero()
 
 
+def truncation(args: argparse.Namespace) -> dict[str, int]:
+    """bgekit's token limits as the peers truncate: ``--max-length`` for a pair, 3/4 of it for the query
+    (FlagEmbedding's default), whatever the model folder saved (a fine-tuned cross-encoder keeps its
+    training limits in ``bgekit.json``, which would truncate long queries that the peers keep whole)."""
+    return {"max_length": args.max_length, "query_max_length": args.max_length * 3 // 4}
+
+
 def overhead(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace) -> None:
     import torch
     from FlagEmbedding import FlagReranker
@@ -347,7 +355,7 @@ def overhead(folder: str, pairs: list[tuple[str, str]], args: argparse.Namespace
 
     from bgekit import Reranker
 
-    ours = Reranker(folder, device="cpu", max_length=args.max_length, show_progress=False)
+    ours = Reranker(folder, device="cpu", show_progress=False, **truncation(args))
     ours._model = ZeroModel.make()
     _, ours_s = timed(lambda: ours.compute_score(pairs, batch_size=args.batch_size))
     flag = FlagReranker(folder, use_fp16=False, devices="cpu", max_length=args.max_length)
@@ -445,7 +453,7 @@ def full(folder: str, workload: Workload, args: argparse.Namespace) -> None:
     pairs = workload.pairs
     peaks = measure_peaks(torch.get_num_threads())
     warm = pairs[:16]
-    ours = Reranker(folder, device="cpu", dtype="fp32", max_length=args.max_length, show_progress=False)
+    ours = Reranker(folder, device="cpu", dtype="fp32", show_progress=False, **truncation(args))
     ours.compute_score(warm)
     ours_scores, ours_s = timed(lambda: ours.compute_score(pairs, batch_size=args.batch_size))
 
@@ -479,7 +487,7 @@ def full(folder: str, workload: Workload, args: argparse.Namespace) -> None:
             path = calibrated(folder, workload, fast[name].get("backend", "onnx"), args.max_length)
             if path is None:
                 continue
-        model = Reranker(path, device="cpu", max_length=args.max_length, show_progress=False, **fast[name])
+        model = Reranker(path, device="cpu", show_progress=False, **truncation(args), **fast[name])
         model.compute_score(warm)  # export / first-call work is not timed
         scores, seconds = timed(lambda model=model: model.compute_score(pairs, batch_size=args.batch_size))
         label = name
