@@ -330,3 +330,27 @@ def _fresh_thread_torch_threads() -> int:
     thread.start()
     thread.join()
     return seen[0]
+
+
+def test_openvino_and_nncf_are_imported_with_their_usage_reports_off() -> None:
+    pytest.importorskip("nncf")
+    import os
+    import subprocess
+
+    # a fresh interpreter without CI switches: under pytest NNCF silences itself, and OpenVINO reads its
+    # switch once, at the first import
+    code = (
+        "import os\n"
+        "from bgekit.inference.openvino_backend import import_nncf\n"
+        "import_nncf('this test')\n"
+        "import openvino_telemetry\n"
+        "from nncf.telemetry.wrapper import NNCFTelemetryStub, telemetry\n"
+        "assert openvino_telemetry.Telemetry().consent is False\n"
+        "assert isinstance(telemetry, NNCFTelemetryStub), type(telemetry)\n"
+        "assert 'NNCF_CI' not in os.environ and 'CI' not in os.environ\n"
+        "print('ok')\n"
+    )
+    switches = ("CI", "NNCF_CI", "NNCF_DEV", "TF_BUILD", "JENKINS_URL", "BGEKIT_OPENVINO_TELEMETRY")
+    env = {k: v for k, v in os.environ.items() if k not in switches}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

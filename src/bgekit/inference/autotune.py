@@ -383,7 +383,7 @@ def _measure_isolated(
 ) -> AutoChoice:
     """:func:`_measure_all` in a fresh Python process with this process's thread count and ``sys.path``.
 
-    A new interpreter (``python -m bgekit.inference.autotune``), not ``multiprocessing``: that would import
+    A new interpreter (``python -c`` running :func:`_child`), not ``multiprocessing``: that would import
     the caller's ``__main__`` again in the child, and a script without an ``if __name__ == "__main__"``
     guard would run twice. An error while measuring comes back and is raised here as it would be in place;
     a model class the child cannot import (one defined in ``__main__``) is measured in this process.
@@ -392,7 +392,9 @@ def _measure_isolated(
         request, answer = os.path.join(tmp, "request.pkl"), os.path.join(tmp, "answer.pkl")
         with open(request, "wb") as handle:
             pickle.dump({"sys_path": list(sys.path), "job": job}, handle)
-        command = [sys.executable, "-m", "bgekit.inference.autotune", request, answer]
+        # -c, not -m: bgekit's package imports this module before runpy would run it as __main__ (a
+        # RuntimeWarning, and two copies of the module in the child)
+        command = [sys.executable, "-c", _CHILD_CODE, request, answer]
         done = subprocess.run(command, check=False)
         if not os.path.isfile(answer):
             raise ModelLoadError(
@@ -410,6 +412,10 @@ def _measure_isolated(
     if outcome == "error":
         raise value
     return value  # type: ignore[no-any-return]
+
+
+_CHILD_CODE = "import sys; from bgekit.inference.autotune import _child; _child(sys.argv[1], sys.argv[2])"
+"""What the measuring process runs (``python -c``), with the request and answer paths as arguments."""
 
 
 def _child(request: str, answer: str) -> None:
@@ -467,10 +473,3 @@ def _write_cache(path: str, choice: AutoChoice) -> None:
             )
     except OSError as exc:  # a read-only home: the choice still holds for this process
         logger.warning("could not cache the backend='auto' choice at %s: %s", path, exc)
-
-
-if __name__ == "__main__":  # the measuring process of _measure_isolated
-    # this module again under its own name, so what the child sends back unpickles as bgekit's classes
-    from bgekit.inference.autotune import _child as _measure_as_child
-
-    _measure_as_child(sys.argv[1], sys.argv[2])

@@ -51,7 +51,7 @@ from bgekit.inference.onnx_backend import (
     export_onnx,
     require_onnxruntime,
 )
-from bgekit.inference.openvino_backend import require_openvino
+from bgekit.inference.openvino_backend import import_nncf, require_openvino
 from bgekit.inference.packing import position_offset, unpacked_inputs
 from bgekit.inference.rerank_inputs import Feature, as_pair_list
 from bgekit.io import replace_folder
@@ -650,29 +650,6 @@ def _onnx_quantizer(
     return matmul_groups(inferred), quantize
 
 
-def import_nncf() -> Any:
-    """NNCF, imported with its usage reports to Intel switched off.
-
-    NNCF sends usage events unless its own CI switch (``NNCF_CI``) is set when it is first imported; it
-    reads the switch then, once. It is set for the import only, so calibration sends nothing and the
-    environment is left as it was.
-    """
-    previous = os.environ.get("NNCF_CI")
-    os.environ["NNCF_CI"] = "1"
-    try:
-        import nncf
-    except ImportError as exc:
-        raise ConfigError(
-            "calibration for backend='openvino' needs NNCF: pip install 'bgekit[openvino]'"
-        ) from exc
-    finally:
-        if previous is None:
-            del os.environ["NNCF_CI"]
-        else:
-            os.environ["NNCF_CI"] = previous
-    return nncf
-
-
 def _openvino_quantizer(
     folder: str,
     fingerprint: str,
@@ -685,7 +662,7 @@ def _openvino_quantizer(
     preset (int8 MatMuls with SmoothQuant and bias correction), calibrated on the token ``rows`` one
     unpadded row at a time, as the runner feeds them."""
     openvino = require_openvino()
-    nncf = import_nncf()
+    nncf = import_nncf("calibration for backend='openvino'")
     source = export_onnx(folder, task, None, fingerprint, fuse=False, packed=offset is not None)
     core = openvino.Core()
     input_names = [port.get_any_name() for port in core.read_model(source).inputs]

@@ -28,10 +28,12 @@ groups: an encoder counts position ids from the first column, so left padding wo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -65,12 +67,56 @@ EPYC with AVX512-VNNI): 32 gives minimum cosine 0.9988 and is slowest, 128 0.997
 and fastest; 128 keeps a margin above the 0.995 that full quality asks for."""
 
 
-def require_openvino() -> Any:
+_REPORTS_OFF = {"CI": "true", "NNCF_CI": "1"}
+"""The switches OpenVINO's and NNCF's usage reports read when they are first imported."""
+
+
+@contextlib.contextmanager
+def _usage_reports_off() -> Iterator[None]:
+    """Import OpenVINO or NNCF inside this block so that they send no usage reports.
+
+    Both send usage events to Google Analytics from the importing process (a forked sender process per
+    event) unless the user opted out with OpenVINO's ``opt_in_out --opt_out``: OpenVINO on import, NNCF
+    on every compression or quantization call. Each reads its switch once, at its first import: OpenVINO
+    declines when ``CI`` is ``true``, NNCF is silent when ``NNCF_CI`` is set. The switches hold for the
+    import only; the environment is left as it was. A process that imported OpenVINO before bgekit keeps
+    whatever that import chose. ``BGEKIT_OPENVINO_TELEMETRY=1`` leaves the reports as OpenVINO sets them.
+    """
+    if os.environ.get("BGEKIT_OPENVINO_TELEMETRY") == "1":
+        yield
+        return
+    previous = {name: os.environ.get(name) for name in _REPORTS_OFF}
+    os.environ.update(_REPORTS_OFF)
     try:
-        import openvino
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def require_openvino() -> Any:
+    """OpenVINO, imported with its usage reports off (:func:`_usage_reports_off`)."""
+    try:
+        with _usage_reports_off():
+            import openvino
     except ImportError as exc:
         raise ConfigError("backend='openvino' needs OpenVINO: pip install 'bgekit[openvino]'") from exc
     return openvino
+
+
+def import_nncf(purpose: str) -> Any:
+    """NNCF (after OpenVINO), imported with its usage reports off; ``purpose`` names what needs it in the
+    error when it is not installed."""
+    require_openvino()
+    try:
+        with _usage_reports_off():
+            import nncf
+    except ImportError as exc:
+        raise ConfigError(f"{purpose} needs NNCF: pip install 'bgekit[openvino]'") from exc
+    return nncf
 
 
 def int8_weights_graph(source: str) -> str:
@@ -89,12 +135,7 @@ def int8_weights_graph(source: str) -> str:
     if os.path.isfile(target):
         return target
     openvino = require_openvino()
-    try:
-        import nncf
-    except ImportError as exc:
-        raise ConfigError(
-            "quantization='int8' with backend='openvino' needs NNCF: pip install 'bgekit[openvino]'"
-        ) from exc
+    nncf = import_nncf("quantization='int8' with backend='openvino'")
     model = openvino.Core().read_model(source)
     compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(source)) as tmp:
