@@ -108,9 +108,8 @@ def require_openvino() -> Any:
 
 
 def import_nncf(purpose: str) -> Any:
-    """NNCF (after OpenVINO), imported with its usage reports off; ``purpose`` names what needs it in the
-    error when it is not installed."""
-    require_openvino()
+    """NNCF, imported with its usage reports off (OpenVINO's too, should NNCF import it first);
+    ``purpose`` names what needs it in the error when it is not installed."""
     try:
         with _usage_reports_off():
             import nncf
